@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-unit test-integration bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## Start the whole pipeline on the embedded default (Ctrl-C stops it cleanly).
+run: $(STAMP)
+	$(BIN)/sluice up
+
+## Install with the test extras and run every test (unit + integration on Tansu + chDB).
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+## Throughput and latency figures on the embedded stack (needs `hey`; installed if missing).
+bench: $(STAMP)
+	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey) \
+		|| (echo "bench needs 'hey' (Debian package hey)"; exit 1)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check services streams tests bench
+	$(BIN)/mypy services streams
+
+clean:
+	rm -rf $(VENV) data bench/out

@@ -1,0 +1,77 @@
+"""``sluice up``: the whole pipeline in one process, for a laptop or a demo.
+
+Tansu (unless SLUICE_KAFKA_BOOTSTRAP names a cluster), the topics, ClickHouse (embedded
+chDB under ./data unless SLUICE_CLICKHOUSE_URL names a server), the sink on a thread, and
+the gateway on the main thread. chDB admits one process per path, so the gateway's reads
+share the sink's Store. Shutdown order keeps every acknowledged event: gateway (flushes
+its producer) -> sink (drains the topic into ClickHouse) -> broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import uvicorn
+from rich.console import Console
+
+from services.gateway.app import create_app
+from services.shared.broker import EmbeddedBroker
+from services.shared.clickhouse import Store
+from services.shared.kafka import ensure_topics
+from services.shared.settings import Settings
+from services.sink.consume import Sink
+
+log = logging.getLogger(__name__)
+
+
+def run_embedded(settings: Settings) -> None:
+    console = Console(stderr=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if not settings.kafka_bootstrap:
+        broker = EmbeddedBroker(
+            settings.embedded_broker_host, settings.embedded_broker_port,
+            log_path=settings.data_dir / "tansu.log",
+        ).start()
+    try:
+        ensure_topics(settings)
+        store = Store(settings)
+        sink = Sink(settings, store)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, store), host=settings.http_host, port=settings.http_port,
+                log_level="warning", access_log=False,
+            )
+        )
+
+        def sink_main() -> None:
+            try:
+                sink.run()
+            except Exception:
+                log.exception("the sink failed; stopping")
+                server.should_exit = True
+
+        sink_thread = threading.Thread(target=sink_main, name="sink")
+        sink_thread.start()
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        console.print(f"[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
+        console.print(f"  gateway     {base}   docs {base}/docs")
+        broker_kind = "embedded Tansu, in memory" if broker else "external"
+        console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")
+        console.print(f"  clickhouse  {settings.clickhouse_dsn}")
+        console.print(f"  sink        group {settings.sink_group} -> table events")
+        # uvicorn re-raises the signal that stopped it once it is done: make that a no-op
+        # so the drain below runs instead of the process dying on SIGTERM.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        server.run()
+        console.print("stopping: draining the sink into ClickHouse...")
+        sink.stop()
+        sink_thread.join()
+        console.print(f"stopped; the sink wrote {sink.rows_written} rows this run")
+        store.close()
+    finally:
+        if broker:
+            broker.stop()

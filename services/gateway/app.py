@@ -1,0 +1,75 @@
+"""The HTTP front door: ``create_app(settings)`` assembles routers, errors and lifespan.
+
+The lifespan opens the Kafka producer (and ClickHouse for reads when this process may
+open it) and, on shutdown, flushes every queued event to the broker before exiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from services.gateway import errors
+from services.gateway.deps import Gateway
+from services.gateway.publish import Publisher
+from services.gateway.routes import events, health
+from services.shared.clickhouse import Store
+from services.shared.settings import Settings
+
+TAGS = [
+    {"name": "ActionHub", "description": "ActionHub's `POST /events` contract, and read-back."},
+    {"name": "Operations", "description": "Health and readiness."},
+]
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    """``store``: a Store shared with the sink (embedded mode); else one is opened here
+    only when ClickHouse is a server, since embedded chDB belongs to the sink's process."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = store is None and not settings.clickhouse_is_embedded
+        gw = Gateway(
+            settings=settings,
+            publisher=Publisher(settings),
+            store=Store(settings) if own_store else store,
+        )
+        app.state.gateway = gw
+        try:
+            yield
+        finally:
+            gw.publisher.close()
+            if own_store and gw.store is not None:
+                gw.store.close()
+
+    app = FastAPI(
+        title="Sluice",
+        version="0.1.0",
+        summary="Streaming ingestion of user events: HTTP -> Kafka -> ClickHouse and user state.",
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.include_router(events.router)
+    app.include_router(health.router)
+    errors.install(app, settings.retry_after_s)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the raw-body models the handlers validate themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary,
+            routes=app.routes, tags=app.openapi_tags,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = dict(events.EVENT_LIST_SCHEMA)
+        components.update(body.pop("$defs", {}))
+        components["EventList"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema

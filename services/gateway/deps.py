@@ -1,0 +1,43 @@
+"""What a handler needs, as ``Annotated`` dependencies: its signature lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from services.gateway.errors import StoreUnavailable
+from services.gateway.publish import Publisher
+from services.shared.clickhouse import Store
+from services.shared.settings import Settings
+
+
+@dataclass
+class Gateway:
+    """The per-process objects a gateway serves with (built in the app's lifespan)."""
+
+    settings: Settings
+    publisher: Publisher
+    store: Store | None  # None: embedded ClickHouse owned by another process
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def require_store(gateway: Gateway) -> Store:
+    """The Store for reads; called in handlers, after their input is validated."""
+    if gateway.store is None:
+        raise StoreUnavailable(
+            "reads need ClickHouse: this gateway runs without it (embedded chDB is owned by the "
+            "sink's process; use `sluice up`, or set SLUICE_CLICKHOUSE_URL to a server)"
+        )
+    return gateway.store
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+ProgramId = Annotated[
+    str,
+    Header(alias="program-id", min_length=1, max_length=512, description="The program (tenant)"),
+]

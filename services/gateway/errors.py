@@ -1,0 +1,60 @@
+"""Each way a request can fail -> one status code and a body that says what was wrong.
+
+422: the request is invalid (FastAPI's ``detail`` list, as the ActionHub contract has it).
+413: the body is larger than ``max_body_bytes``. 503 + Retry-After: the broker (or the
+store, for reads) is not available; nothing was acknowledged, retrying is safe.
+No client input ever yields a 5xx other than 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.gateway.publish import BrokerUnavailable
+
+
+class PayloadTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+class StoreUnavailable(Exception):
+    """ClickHouse cannot answer a read (down, or embedded and owned by another process)."""
+
+
+def invalid(loc: list[Any], msg: str, type_: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": type_}])
+
+
+def install(app: FastAPI, retry_after_s: int) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"request body larger than {exc.limit} bytes"}, status_code=413
+        )
+
+    @app.exception_handler(BrokerUnavailable)
+    async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"events not accepted, retry later: {exc}"},
+            status_code=503,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after_s)}
+        )

@@ -1,0 +1,104 @@
+"""Events -> the ``events`` topic; returns only once the broker acked every one (acks=all).
+
+One confluent-kafka producer per process. ``produce()`` only queues; a background
+thread serves delivery reports (``poll``), counts them down per batch and wakes the
+waiting request through the event loop when the last one arrives. A batch that is not
+fully acked within ``publish_timeout_s`` raises :class:`BrokerUnavailable` (-> 503), so
+the API never reports as accepted an event the broker does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from services.shared.kafka import producer_config
+from services.shared.settings import Settings
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge in time: the client should retry later."""
+
+
+class _BatchAck:
+    """Counts down one batch's delivery reports; called on the poll thread."""
+
+    __slots__ = ("pending", "error", "loop", "future")
+
+    def __init__(self, pending: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.pending = pending
+        self.error: KafkaError | None = None
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None and self.error is None:
+            self.error = err
+        self.pending -= 1
+        if self.pending == 0:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class Publisher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic_events
+        self.producer = Producer(producer_config(settings))
+        self._running = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self.producer.poll(0.05)
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        ack = _BatchAck(len(messages), loop)
+        produce, topic, delivered = self.producer.produce, self.topic, ack.delivered
+        i = 0
+        while i < len(messages):
+            key, value = messages[i]
+            try:
+                produce(topic, value, key, on_delivery=delivered)
+                i += 1
+            except BufferError:
+                # librdkafka's local queue is full: the broker is slow or gone.
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable("the broker is not keeping up") from None
+                await asyncio.sleep(0.005)
+            except KafkaException as exc:
+                raise BrokerUnavailable(str(exc)) from None
+        try:
+            await asyncio.wait_for(ack.future, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge within {self.settings.publish_timeout_s}s"
+            ) from None
+        if ack.error is not None:
+            raise BrokerUnavailable(f"the broker refused the events: {ack.error.str()}")
+
+    def broker_reachable(self, timeout_s: float = 1.0) -> bool:
+        """A metadata round trip to the broker (blocking: call it off the event loop)."""
+        try:
+            self.producer.list_topics(self.topic, timeout=timeout_s)
+            return True
+        except KafkaException:
+            return False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued, then stop the poll thread."""
+        self.producer.flush(timeout_s)
+        self._running = False
+        self._poller.join(1.0)

@@ -1,0 +1,117 @@
+"""ActionHub's ``POST /events`` and the read-back ``GET /events``.
+
+POST: body -> :mod:`validate` -> canonical events -> :mod:`publish` -> 200 once the
+broker acked them all. GET: the user's stored events from ClickHouse, newest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from services.gateway.body import read_json_body
+from services.gateway.deps import GatewayDep, ProgramId, require_store
+from services.gateway.validate import EVENT_LIST, new_event_ids, parse_event_list
+from services.shared.events import encode, message_key
+
+router = APIRouter(tags=["ActionHub"])
+
+
+class SuccessMessage(BaseModel):
+    result: str
+
+
+class StoredEvent(BaseModel):
+    program_id: str
+    event_id: str
+    user_id: str
+    event_timestamp: datetime
+    event_type: str
+    asset_id: str
+    labels: list[str]
+    received_at: datetime
+    queue_updates: bool
+    process_user_actions: bool
+
+
+class StoredEvents(BaseModel):
+    events: list[StoredEvent]
+
+
+EVENT_LIST_SCHEMA = EVENT_LIST.json_schema(ref_template="#/components/schemas/{model}")
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Body larger than the gateway's limit"},
+    503: {"description": "Broker unavailable: nothing was accepted; retry after Retry-After"},
+}
+
+
+@router.post(
+    "/events",
+    response_model=SuccessMessage,
+    summary="Post Events",
+    description="Add events to the event store. Answers 200 once the broker holds every "
+    "event of the batch (acks=all). With process_user_actions=true new events update the "
+    "users' label weights and action recommendations.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventList"}}},
+        }
+    },
+    responses=ERROR_RESPONSES,
+)
+async def post_events(
+    request: Request,
+    gateway: GatewayDep,
+    program_id: ProgramId,
+    queue_updates: Annotated[
+        bool | None,
+        Query(description="false: answer once user state includes the batch; true: ack only. "
+              "Default: the server's SLUICE_QUEUE_UPDATES_DEFAULT (false)."),
+    ] = None,
+    process_user_actions: Annotated[
+        bool, Query(description="false: store only, no user-state update (bulk back-fill)")
+    ] = True,
+) -> Response:
+    settings = gateway.settings
+    events = parse_event_list(await read_json_body(request, settings.max_body_bytes))
+    queue = settings.queue_updates_default if queue_updates is None else queue_updates
+    received_at = datetime.now(UTC)
+    messages = []
+    for event, event_id in zip(events, new_event_ids(len(events))):
+        event["program_id"] = program_id
+        event["event_id"] = event_id
+        event["received_at"] = received_at
+        event["queue_updates"] = queue
+        event["process_user_actions"] = process_user_actions
+        messages.append((message_key(program_id, event["user_id"]), encode(event)))
+    await gateway.publisher.publish(messages)
+    body = orjson.dumps({"result": f"accepted {len(messages)} events"})
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/events",
+    response_model=StoredEvents,
+    summary="Read a user's stored events",
+    description="The user's events as stored in ClickHouse, newest first (each once).",
+    responses={503: {"description": "ClickHouse unavailable to this process"}},
+)
+async def get_events(
+    gateway: GatewayDep,
+    program_id: ProgramId,
+    user_id: Annotated[str, Query(min_length=1, max_length=512)],
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> dict[str, Any]:
+    store = require_store(gateway)
+    rows = await asyncio.to_thread(store.user_events, program_id, user_id, limit)
+    for row in rows:
+        for field in ("event_timestamp", "received_at"):
+            row[field] = row[field].replace(tzinfo=UTC)
+    return {"events": rows}

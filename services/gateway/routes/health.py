@@ -1,0 +1,34 @@
+"""Liveness and readiness, for load balancers and Kubernetes probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from services.gateway.deps import GatewayDep
+
+router = APIRouter(tags=["Operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The broker and ClickHouse are reachable")
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    broker = await asyncio.to_thread(gateway.publisher.broker_reachable)
+    checks = {"broker": "ok" if broker else "unreachable"}
+    ready = broker
+    if gateway.store is None:
+        checks["clickhouse"] = "not used by this process (embedded, owned by the sink)"
+    else:
+        store_ok = await asyncio.to_thread(gateway.store.ping)
+        checks["clickhouse"] = "ok" if store_ok else "unreachable"
+        ready = ready and store_ok
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,95 @@
+"""Request body -> checked events, for ActionHub's ``POST /events`` contract.
+
+The whole body is validated in one call of pydantic-core (Rust) straight from the JSON
+bytes: no Python object per field until it is known to be good, which is what lets the
+gateway validate fully and still ingest 100k+ events/s. Errors come out in FastAPI's
+``{"detail": [{"loc", "msg", "type"}]}`` shape.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, ConfigDict, Field, Strict, StringConstraints, TypeAdapter
+from pydantic import ValidationError, with_config
+from typing_extensions import TypedDict
+
+MAX_EVENTS = 1000  # the contract: "from minimum of 1 event to maximum 1000 events"
+MAX_LABELS = 100
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def _storable(ts: datetime) -> datetime:
+    # ClickHouse DateTime64 holds 1900..2299: refuse here what could never be stored.
+    if not 1900 <= ts.year <= 2299:
+        raise ValueError("event_timestamp must lie between years 1900 and 2299")
+    return ts
+
+
+Timestamp = Annotated[
+    datetime,
+    Strict(),  # an ISO 8601 string, not a bare number
+    AfterValidator(_storable),
+    Field(description="Time the event occurred, ISO 8601 (no offset = UTC)"),
+]
+
+
+@with_config(ConfigDict(extra="ignore", title="Event"))
+class Event(TypedDict):
+    user_id: Id
+    event_timestamp: Timestamp
+    event_type: Id
+    asset_id: Id
+    labels: Annotated[
+        list[Label],
+        Field(
+            max_length=MAX_LABELS,
+            description="Labels of this instance of the event (asset labels are managed "
+            "separately)",
+        ),
+    ]
+
+
+@with_config(ConfigDict(extra="ignore", title="EventList"))
+class EventList(TypedDict):
+    events: Annotated[
+        list[Event],
+        Field(min_length=1, max_length=MAX_EVENTS, description="1 to 1000 events"),
+    ]
+
+
+EVENT_LIST = TypeAdapter(EventList)
+
+
+def parse_event_list(body: bytes) -> list[dict[str, Any]]:
+    """Validate a raw JSON body; raise FastAPI's RequestValidationError (-> 422) if bad."""
+    try:
+        return EVENT_LIST.validate_json(body)["events"]  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise RequestValidationError(errors_of(exc)) from None
+
+
+def errors_of(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic errors -> FastAPI's detail items, located in the body, input not echoed."""
+    return [
+        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def new_event_ids(n: int) -> list[str]:
+    """n random (version 4) UUID strings from one urandom call: uuid.uuid4() per event
+    costs about 2 us, a fifth of the gateway's per-event budget."""
+    buf = bytearray(os.urandom(16 * n))
+    buf[6::16] = bytes((b & 0x0F) | 0x40 for b in buf[6::16])  # version 4
+    buf[8::16] = bytes((b & 0x3F) | 0x80 for b in buf[8::16])  # RFC 4122 variant
+    h = buf.hex()
+    return [
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]

@@ -1,0 +1,76 @@
+"""One settings object for every Sluice role, read from ``SLUICE_*`` environment variables.
+
+Built once per process (``Settings()``) and passed down, so tests build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="Bootstrap servers of a real Kafka cluster. Unset: `sluice up` starts the "
+        "embedded Tansu broker on embedded_broker_host:embedded_broker_port.",
+    )
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: int = 9092
+    topic_events: str = "events"
+    topic_dlq: str = "events.dlq"
+    events_partitions: int = Field(4, description="Partitions of the events topic: the unit of scale-out.")
+    replication_factor: int = Field(1, description="Replication of created topics; 3 on a real cluster.")
+
+    # --- ClickHouse --------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        None,
+        description="http(s)://user:pass@host:8123/db of a ClickHouse server. Unset: embedded "
+        "chDB under data_dir/clickhouse, owned by the process that runs the sink.",
+    )
+    data_dir: Path = Path("./data")
+    ddl_dir: Path = REPO_ROOT / "deploy" / "clickhouse"
+
+    # --- Gateway -----------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    queue_updates_default: bool = Field(
+        False, description="Default of ?queue_updates (the contract's schema says false)."
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
+    publish_timeout_s: float = Field(
+        5.0, description="How long a POST waits for the broker's acks=all before answering 503."
+    )
+    retry_after_s: int = Field(1, description="Retry-After seconds sent with 503.")
+    producer_linger_ms: float = 2.0
+
+    # --- Sink --------------------------------------------------------------------------
+    sink_group: str = "sluice-sink"
+    sink_batch_rows: int = Field(50_000, description="Insert when this many rows are waiting...")
+    sink_batch_seconds: float = Field(1.0, description="...or when the oldest has waited this long.")
+    sink_retry_max_backoff_s: float = Field(10.0, description="Cap of the backoff while ClickHouse is down.")
+    sink_drain_idle_s: float = Field(
+        0.5, description="On shutdown, the sink drains until the topic is idle this long."
+    )
+
+    @property
+    def bootstrap(self) -> str:
+        """Where clients connect: the real cluster, or the embedded broker."""
+        return self.kafka_bootstrap or f"{self.embedded_broker_host}:{self.embedded_broker_port}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb://")

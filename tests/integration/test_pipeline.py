@@ -1,0 +1,82 @@
+"""HTTP -> Kafka -> ClickHouse, on a real broker and a real ClickHouse engine."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+import orjson
+
+from services.shared.clickhouse import Store
+from services.shared.events import message_key
+from services.shared.settings import Settings
+from tests.integration.conftest import event, read_topic, wait_for
+
+
+def stored_count(store: Store) -> int:
+    return int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
+
+
+def test_posted_events_land_in_clickhouse_once_with_every_field(
+    pipeline: TestClient, store: Store
+) -> None:
+    batch = {
+        "events": [
+            event("alice", "a1", labels=["red"], event_timestamp="2026-11-20T10:00:00Z"),
+            event("alice", "a2", event_type="purchase", labels=[],
+                  event_timestamp="2026-11-20T12:00:00+02:00"),
+            event("bob", "a1", event_timestamp="2026-11-21T08:30:00.250Z"),
+        ]
+    }
+    response = pipeline.post(
+        "/events?queue_updates=true&process_user_actions=false",
+        json=batch, headers={"program-id": "shop"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"result": "accepted 3 events"}
+    wait_for(lambda: stored_count(store) == 3)
+
+    got = pipeline.get("/events", params={"user_id": "alice"}, headers={"program-id": "shop"})
+    assert got.status_code == 200
+    rows = got.json()["events"]
+    # newest first: 12:00+02:00 is 10:00Z, same instant as the first; received order breaks it
+    assert [r["asset_id"] for r in rows] == ["a2", "a1"] or [r["asset_id"] for r in rows] == ["a1", "a2"]
+    by_asset = {r["asset_id"]: r for r in rows}
+    a2 = by_asset["a2"]
+    assert a2["event_type"] == "purchase"
+    assert a2["labels"] == []
+    assert a2["event_timestamp"].startswith("2026-11-20T10:00:00")
+    assert a2["program_id"] == "shop" and a2["user_id"] == "alice"
+    assert a2["queue_updates"] is True and a2["process_user_actions"] is False
+    assert len(a2["event_id"]) == 36 and a2["event_id"] != by_asset["a1"]["event_id"]
+    assert a2["received_at"] >= "2026-11-23"
+    assert by_asset["a1"]["labels"] == ["red"]
+
+    bob = pipeline.get("/events", params={"user_id": "bob"}, headers={"program-id": "shop"})
+    assert [r["event_timestamp"][:23] for r in bob.json()["events"]] == ["2026-11-21T08:30:00.250"]
+    other_program = pipeline.get("/events", params={"user_id": "bob"}, headers={"program-id": "x"})
+    assert other_program.json() == {"events": []}
+
+
+def test_queue_updates_defaults_to_false_and_events_are_keyed_by_user(
+    pipeline: TestClient, settings: Settings
+) -> None:
+    response = pipeline.post("/events", json={"events": [event("carol")]},
+                             headers={"program-id": "p"})
+    assert response.status_code == 200
+    messages = read_topic(settings.bootstrap, settings.topic_events, at_least=1)
+    assert len(messages) == 1
+    assert messages[0].key() == message_key("p", "carol")
+    wire = orjson.loads(messages[0].value())
+    assert wire["queue_updates"] is False and wire["process_user_actions"] is True
+    assert wire["event_timestamp"] == "2026-11-20T10:00:00Z"
+
+
+def test_many_batches_arrive_exactly_once(pipeline: TestClient, store: Store) -> None:
+    total = 0
+    for b in range(5):
+        batch = {"events": [event(f"user{i % 37}", f"asset{b}-{i}") for i in range(1000)]}
+        assert pipeline.post("/events", json=batch, headers={"program-id": "bulk"}).status_code == 200
+        total += 1000
+    wait_for(lambda: stored_count(store) == total, timeout_s=30)
+    distinct = store.query("SELECT uniqExact(event_id) AS n FROM events")[0]["n"]
+    assert distinct == total

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from services.shared.events import InvalidEvent, decode, message_key
+
+GOOD = {"program_id": "p", "event_id": "e", "user_id": "u", "event_timestamp": "2026-01-01T00:00:00Z",
+        "event_type": "view", "asset_id": "a", "labels": ["x"], "received_at": "2026-01-01T00:00:01Z",
+        "queue_updates": False, "process_user_actions": True}
+
+
+def test_decode_accepts_a_canonical_event() -> None:
+    assert decode(orjson.dumps(GOOD)) == GOOD
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "tombstone"),
+        (b"{not json", "not JSON"),
+        (b"[1,2]", "not a JSON object"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "user_id"}), "'user_id' is missing"),
+        (orjson.dumps(GOOD | {"labels": "x"}), "'labels' is str"),
+        (orjson.dumps(GOOD | {"labels": [1]}), "non-string"),
+        (orjson.dumps(GOOD | {"queue_updates": "no"}), "'queue_updates' is str"),
+    ],
+)
+def test_decode_says_what_is_wrong(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        decode(raw)
+
+
+def test_key_keeps_program_and_user_apart() -> None:
+    assert message_key("p", "u") != message_key("pu", "")
+    assert message_key("p", "u") == b"p\x1fu"

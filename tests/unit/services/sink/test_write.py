@@ -1,0 +1,54 @@
+"""RowWriter against a fake store: retry while ClickHouse is down, isolate refused rows."""
+
+from __future__ import annotations
+
+from services.sink.write import RowWriter
+
+
+class FakeStore:
+    def __init__(self, down_for: int = 0, refuse: frozenset[bytes] = frozenset()) -> None:
+        self.down_for = down_for
+        self.refuse = refuse
+        self.rows: list[bytes] = []
+        self.inserts = 0
+
+    def insert_json_rows(self, table: str, rows: bytes) -> None:
+        self.inserts += 1
+        if self.down_for > 0:
+            raise ConnectionError("connection refused")
+        lines = rows.split(b"\n")
+        if any(line in self.refuse for line in lines):
+            raise ValueError("Cannot parse input")
+        self.rows.extend(lines)
+
+    def ping(self) -> bool:
+        """Each failed ping brings ClickHouse one step closer to coming back."""
+        if self.down_for > 0:
+            self.down_for -= 1
+            return False
+        return True
+
+
+def test_happy_path_is_one_insert() -> None:
+    store = FakeStore()
+    written = RowWriter(store, "events", 0.01).write([b"a", b"b", b"c"], lambda i, r: None)  # type: ignore[arg-type]
+    assert written == 3 and store.rows == [b"a", b"b", b"c"] and store.inserts == 1
+
+
+def test_retries_while_clickhouse_is_down_and_loses_nothing() -> None:
+    store = FakeStore(down_for=3)
+    rejected: list[int] = []
+    written = RowWriter(store, "events", 0.01).write([b"a", b"b"], lambda i, r: rejected.append(i))  # type: ignore[arg-type]
+    assert written == 2 and store.rows == [b"a", b"b"] and rejected == []
+    assert store.inserts == 4
+
+
+def test_refused_rows_are_isolated_and_the_rest_written() -> None:
+    rows = [b"r%d" % i for i in range(10)]
+    store = FakeStore(refuse=frozenset({b"r3", b"r7"}))
+    rejected: list[tuple[int, str]] = []
+    written = RowWriter(store, "events", 0.01).write(rows, lambda i, r: rejected.append((i, r)))  # type: ignore[arg-type]
+    assert written == 8
+    assert [i for i, _ in rejected] == [3, 7]
+    assert "Cannot parse input" in rejected[0][1]
+    assert sorted(store.rows) == sorted(r for r in rows if r not in {b"r3", b"r7"})

@@ -72,3 +72,7 @@ def broker() -> None:
         pass
     finally:
         b.stop()
+
+
+if __name__ == "__main__":
+    app()

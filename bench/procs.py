@@ -1,7 +1,8 @@
-"""Process helpers: peak RSS from /proc (psutil is not a dependency), topics, temp brokers."""
+"""Process helpers: peak RSS and CPU from /proc (psutil is not a dependency), topics."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -34,3 +35,25 @@ def new_topic(bootstrap: str, prefix: str, partitions: int = PARTITIONS) -> str:
     for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
         future.result(15)
     return name
+
+
+def cpu_seconds_by_pid() -> dict[int, float]:
+    """user+system CPU seconds of every process now alive (from /proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def foreign_cpu_s(before: dict[int, float]) -> float:
+    """CPU seconds other processes spent since ``before``: the machine is shared, and a
+    figure taken while something else ran is not comparable with a quiet run's.
+    Our own children have exited by then; this process is left out."""
+    now = cpu_seconds_by_pid()
+    now.pop(os.getpid(), None)
+    return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in now.items())

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
-from bench.payload import wire_batch, api_body
+from bench.payload import api_body, wire_batch
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
 

@@ -56,6 +56,14 @@ def sink() -> None:
 
 
 @app.command()
+def agents(loglevel: str = typer.Option("warn", help="crit, error, warn, info, debug")) -> None:
+    """A stream-agent worker (Faust): keeps users' label weights; run several to scale."""
+    from streams.worker import run_worker
+
+    run_worker(_settings(), loglevel)
+
+
+@app.command()
 def broker() -> None:
     """Only the embedded Tansu broker, in the foreground (for running roles separately)."""
     import time

@@ -16,12 +16,15 @@ from fastapi.openapi.utils import get_openapi
 from services.gateway import errors
 from services.gateway.deps import Gateway
 from services.gateway.publish import Publisher
-from services.gateway.routes import events, health
+from services.gateway.routes import assets, events, health, users
+from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 
 TAGS = [
     {"name": "ActionHub", "description": "ActionHub's `POST /events` contract, and read-back."},
+    {"name": "Assets", "description": "The asset catalog: labels managed apart from events."},
+    {"name": "Users", "description": "Real-time user state: label weights, recommendations."},
     {"name": "Operations", "description": "Health and readiness."},
 ]
 
@@ -37,11 +40,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             settings=settings,
             publisher=Publisher(settings),
             store=Store(settings) if own_store else store,
+            views=Views(settings).start(),
         )
         app.state.gateway = gw
         try:
             yield
         finally:
+            gw.views.stop()
             gw.publisher.close()
             if own_store and gw.store is not None:
                 gw.store.close()
@@ -54,6 +59,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(events.router)
+    app.include_router(assets.router)
+    app.include_router(users.router)
     app.include_router(health.router)
     errors.install(app, settings.retry_after_s)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from services.gateway.errors import StoreUnavailable
+from services.gateway.popularity import Popularities
 from services.gateway.publish import Publisher
+from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
+from streams.config import ModelConfigs
 
 
 @dataclass
@@ -20,6 +23,13 @@ class Gateway:
     settings: Settings
     publisher: Publisher
     store: Store | None  # None: embedded ClickHouse owned by another process
+    views: Views
+    popularity: Popularities = field(init=False)
+    model_configs: ModelConfigs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
+        self.model_configs = ModelConfigs(self.settings)
 
 
 def _gateway(request: Request) -> Gateway:

@@ -3,6 +3,7 @@
 422: the request is invalid (FastAPI's ``detail`` list, as the ActionHub contract has it).
 413: the body is larger than ``max_body_bytes``. 503 + Retry-After: the broker (or the
 store, for reads) is not available; nothing was acknowledged, retrying is safe.
+504: queue_updates=false and user state did not catch up in time; the events are durable.
 No client input ever yields a 5xx other than 503.
 """
 
@@ -20,6 +21,13 @@ from services.gateway.publish import BrokerUnavailable
 class PayloadTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         self.limit = limit
+
+
+class UpdateTimeout(Exception):
+    """queue_updates=false and user state did not include the batch in time."""
+
+    def __init__(self, events: int, timeout_s: float) -> None:
+        self.events, self.timeout_s = events, timeout_s
 
 
 class StoreUnavailable(Exception):
@@ -51,6 +59,14 @@ def install(app: FastAPI, retry_after_s: int) -> None:
             {"detail": f"events not accepted, retry later: {exc}"},
             status_code=503,
             headers={"Retry-After": str(retry_after_s)},
+        )
+
+    @app.exception_handler(UpdateTimeout)
+    async def _update_timeout(_: Request, exc: UpdateTimeout) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"the {exc.events} events are accepted and durable, but user state was not "
+             f"updated within {exc.timeout_s}s; it will be, so do not send them again"},
+            status_code=504,
         )
 
     @app.exception_handler(StoreUnavailable)

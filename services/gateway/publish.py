@@ -28,17 +28,21 @@ class BrokerUnavailable(Exception):
 class _BatchAck:
     """Counts down one batch's delivery reports; called on the poll thread."""
 
-    __slots__ = ("pending", "error", "loop", "future")
+    __slots__ = ("pending", "error", "loop", "future", "positions")
 
     def __init__(self, pending: int, loop: asyncio.AbstractEventLoop) -> None:
         self.pending = pending
         self.error: KafkaError | None = None
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
+        self.positions: dict[bytes, tuple[int, int]] = {}
 
-    def delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None and self.error is None:
-            self.error = err
+    def delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            if self.error is None:
+                self.error = err
+        else:
+            self.positions[msg.key()] = (msg.partition(), msg.offset())
         self.pending -= 1
         if self.pending == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -61,12 +65,18 @@ class Publisher:
         while self._running:
             self.producer.poll(0.05)
 
-    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable."""
+    async def publish(
+        self, messages: Sequence[tuple[bytes, bytes]], topic: str | None = None
+    ) -> dict[bytes, tuple[int, int]]:
+        """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable.
+        Returns where each key's (last) message landed: key -> (partition, offset)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.publish_timeout_s
         ack = _BatchAck(len(messages), loop)
-        produce, topic, delivered = self.producer.produce, self.topic, ack.delivered
+        if not messages:
+            return {}
+        produce, delivered = self.producer.produce, ack.delivered
+        topic = topic or self.topic
         i = 0
         while i < len(messages):
             key, value = messages[i]
@@ -88,6 +98,7 @@ class Publisher:
             ) from None
         if ack.error is not None:
             raise BrokerUnavailable(f"the broker refused the events: {ack.error.str()}")
+        return ack.positions
 
     def broker_reachable(self, timeout_s: float = 1.0) -> bool:
         """A metadata round trip to the broker (blocking: call it off the event loop)."""

@@ -1,12 +1,14 @@
 """The canonical event and its wire form on the ``events`` topic.
 
 Every producer (the gateway's dialects) emits this shape; every consumer (the sink, the
-stream agents) reads it. The wire form is one orjson-encoded JSON object per Kafka
-message whose keys are exactly the ClickHouse ``events`` columns, so the sink can hand
-the raw bytes to ``INSERT ... FORMAT JSONEachRow`` without re-encoding them.
+stream agents) reads it. The wire form is JSON lines: each line one orjson-encoded
+event whose keys are exactly the ClickHouse ``events`` columns, so the sink hands the
+raw bytes to ``INSERT ... FORMAT JSONEachRow`` without re-encoding them.
 
-The message key is ``program_id + "\\x1f" + user_id``: one user's events share a
-partition and stay in order.
+One Kafka message carries one user's events from one request, in request order, keyed
+``program_id + "\\x1f" + user_id``: one user's events share a partition and stay in
+order, and every consumer pays its per-message cost (produce call, delivery report,
+Faust's stream machinery) once per user and request rather than once per event.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ WIRE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "queue_updates": bool,
     "process_user_actions": bool,
 }
+# Optional fields (older producers did not send them): name -> type.
+OPTIONAL_FIELDS: dict[str, type] = {"asset_labels": list}
 
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a sane id, never ambiguous
 ENCODE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -46,10 +50,22 @@ def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=ENCODE_OPTIONS)
 
 
-def decode(raw: bytes | None) -> dict[str, Any]:
-    """Parse and check one wire message; raise :class:`InvalidEvent` saying what is wrong."""
-    if raw is None:
+def lines(raw: bytes | None) -> list[bytes]:
+    """The event lines of one message (a message holds one or more events)."""
+    if not raw:
         raise InvalidEvent("empty message (tombstone) on the events topic")
+    return raw.split(b"\n")
+
+
+def decode_message(raw: bytes | None) -> list[dict[str, Any]]:
+    """Every event of one message, checked; raises on the first bad line."""
+    return [decode(line) for line in lines(raw)]
+
+
+def decode(raw: bytes | None) -> dict[str, Any]:
+    """Parse and check one event line; raise :class:`InvalidEvent` saying what is wrong."""
+    if not raw:
+        raise InvalidEvent("empty event line")
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -62,6 +78,9 @@ def decode(raw: bytes | None) -> dict[str, Any]:
             if value is None:
                 raise InvalidEvent(f"field {name!r} is missing")
             raise InvalidEvent(f"field {name!r} is {type(value).__name__}, not {kind}")
+    for name, kind in OPTIONAL_FIELDS.items():
+        if name in event and not isinstance(event[name], kind):
+            raise InvalidEvent(f"field {name!r} is {type(event[name]).__name__}, not {kind}")
     if not all(isinstance(label, str) for label in event["labels"]):
         raise InvalidEvent("field 'labels' holds a non-string")
     return event

@@ -53,9 +53,13 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the pipeline's topics if missing; waits for the broker to answer."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-    wanted = {
-        settings.topic_events: settings.events_partitions,
-        settings.topic_dlq: 1,
+    compacted = {"cleanup.policy": "compact"}
+    wanted: dict[str, tuple[int, dict[str, str]]] = {
+        settings.topic_events: (settings.events_partitions, {}),
+        settings.topic_dlq: (1, {}),
+        settings.topic_assets: (settings.events_partitions, compacted),
+        # Faust would create it too; created here so gateways can follow it from the start.
+        settings.topic_user_state: (settings.events_partitions, compacted),
     }
     deadline = time.monotonic() + timeout_s
     while True:
@@ -67,8 +71,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                 raise
             time.sleep(0.2)
     new = [
-        NewTopic(name, num_partitions=parts, replication_factor=settings.replication_factor)
-        for name, parts in wanted.items()
+        NewTopic(name, num_partitions=parts, replication_factor=settings.replication_factor,
+                 config=config)
+        for name, (parts, config) in wanted.items()
         if name not in existing
     ]
     if not new:

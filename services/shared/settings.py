@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     embedded_broker_port: int = 9092
     topic_events: str = "events"
     topic_dlq: str = "events.dlq"
+    topic_assets: str = Field("assets", description="Compacted: the asset catalog, by program+asset.")
     events_partitions: int = Field(4, description="Partitions of the events topic: the unit of scale-out.")
     replication_factor: int = Field(1, description="Replication of created topics; 3 on a real cluster.")
 
@@ -59,6 +60,31 @@ class Settings(BaseSettings):
     sink_drain_idle_s: float = Field(
         0.5, description="On shutdown, the sink drains until the topic is idle this long."
     )
+
+    # --- Stream agents and user state ---------------------------------------------------
+    agents_app_id: str = Field("sluice-agents", description="Faust app id = consumer group.")
+    agents_web_port: int = 6066
+    agents_batch_max: int = Field(10_000, description="Messages per agent batch...")
+    agents_batch_seconds: float = Field(0.05, description="...or what arrived within this.")
+    half_life_s: float = Field(7 * 86400.0, description="Label weights halve every half-life.")
+    event_type_amounts: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {
+            "*": {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
+        },
+        description="Per program (\"*\" = every other program): event type -> weight raise.",
+    )
+    default_event_amount: float = Field(1.0, description="Raise for event types not listed.")
+    top_k: int = Field(20, description="Recommendations per user.")
+    exclude_last_n: int = Field(10, description="Assets of the user's last N events are excluded.")
+    update_timeout_s: float = Field(
+        10.0, description="queue_updates=false: how long a POST waits for user state (-> 504)."
+    )
+    popularity_ttl_s: float = Field(2.0, description="How long program popularity is cached.")
+
+    @property
+    def topic_user_state(self) -> str:
+        """The Faust table's changelog: compacted, one record per user, followed by gateways."""
+        return f"{self.agents_app_id}-user-state-changelog"
 
     @property
     def bootstrap(self) -> str:

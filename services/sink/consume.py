@@ -1,4 +1,4 @@
-"""The sink: ``events`` topic -> decode -> batch -> ClickHouse insert -> commit.
+"""The sink: ``events`` and ``assets`` topics -> decode -> batch -> ClickHouse -> commit.
 
 Promises:
 1. Offsets are committed only after the rows are in ClickHouse (or in the DLQ), so a
@@ -20,7 +20,8 @@ import time
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from services.shared.clickhouse import Store
-from services.shared.events import InvalidEvent, decode
+from services.shared.assets import decode_asset
+from services.shared.events import InvalidEvent, decode, lines
 from services.shared.kafka import consumer_config
 from services.shared.settings import Settings
 from services.sink.dlq import DeadLetters
@@ -38,7 +39,10 @@ class Sink:
             consumer_config(settings, settings.sink_group) | {"max.poll.interval.ms": 600_000}
         )
         self.dead_letters = DeadLetters(settings)
-        self.writer = RowWriter(store, "events", settings.sink_retry_max_backoff_s)
+        self.writers = {
+            settings.topic_events: RowWriter(store, "events", settings.sink_retry_max_backoff_s),
+            settings.topic_assets: RowWriter(store, "assets", settings.sink_retry_max_backoff_s),
+        }
         self.pending: list[Message] = []
         self.first_pending_at = 0.0
         self.rows_written = 0
@@ -48,7 +52,7 @@ class Sink:
     # -- lifecycle ----------------------------------------------------------------------
     def run(self) -> None:
         """Consume until ``stop()``; then drain, flush and close."""
-        self.consumer.subscribe([self.settings.topic_events], on_revoke=self._on_revoke)
+        self.consumer.subscribe(list(self.writers), on_revoke=self._on_revoke)
         try:
             while not self._stop.is_set():
                 self._poll(self._wait_s())
@@ -108,24 +112,46 @@ class Sink:
         self._flushing = True
         try:
             batch = self.pending
-            rows: list[bytes] = []
-            origin: list[Message] = []
-            for message in batch:
-                try:
-                    decode(message.value())
-                except InvalidEvent as exc:
-                    self.dead_letters.send(message, str(exc))
-                    continue
-                rows.append(message.value())  # type: ignore[arg-type]
-                origin.append(message)
-            self.rows_written += self.writer.write(
-                rows, lambda i, reason: self.dead_letters.send(origin[i], reason)
-            )
+            for topic, writer in self.writers.items():
+                messages = [m for m in batch if m.topic() == topic]
+                if messages:
+                    self._write(topic, writer, messages)
             self.dead_letters.confirm()
             self._commit(batch)
             self.pending = []
         finally:
             self._flushing = False
+
+    def _write(self, topic: str, writer: RowWriter, messages: list[Message]) -> None:
+        """Check every row, dead-letter the bad ones, insert the rest in one go."""
+        rows: list[bytes] = []
+        origin: list[Message] = []
+        for message in messages:
+            try:
+                if topic == self.settings.topic_assets:
+                    decode_asset(message.value())
+                    message_rows = [message.value() or b""]
+                else:
+                    message_rows = lines(message.value())
+            except InvalidEvent as exc:
+                self.dead_letters.send(message, str(exc))
+                continue
+            for row in message_rows:
+                if topic == self.settings.topic_events:
+                    try:
+                        decode(row)
+                    except InvalidEvent as exc:
+                        self.dead_letters.send(message, str(exc), value=row)
+                        continue
+                rows.append(row)
+                origin.append(message)
+
+        def reject(i: int, reason: str) -> None:
+            self.dead_letters.send(origin[i], reason, value=rows[i])
+
+        written = writer.write(rows, reject)
+        if topic == self.settings.topic_events:
+            self.rows_written += written
 
     def _commit(self, batch: list[Message]) -> None:
         next_offsets: dict[tuple[str, int], int] = {}

@@ -22,10 +22,11 @@ class DeadLetters:
         self.producer = Producer(producer_config(settings))
         self.sent = 0
 
-    def send(self, message: Message, reason: str) -> None:
+    def send(self, message: Message, reason: str, value: bytes | None = None) -> None:
+        """Dead-letter ``value`` (default: the whole message; else the one bad line of it)."""
         self.producer.produce(
             self.topic,
-            value=message.value(),
+            value=message.value() if value is None else value,
             key=message.key(),
             headers={
                 "reason": reason.encode()[:2000],

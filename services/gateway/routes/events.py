@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.gateway.body import read_json_body
+from services.gateway.errors import UpdateTimeout
 from services.gateway.deps import GatewayDep, ProgramId, require_store
 from services.gateway.validate import EVENT_LIST, new_event_ids, parse_event_list
 from services.shared.events import encode, message_key
@@ -48,6 +49,8 @@ EVENT_LIST_SCHEMA = EVENT_LIST.json_schema(ref_template="#/components/schemas/{m
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "Body larger than the gateway's limit"},
     503: {"description": "Broker unavailable: nothing was accepted; retry after Retry-After"},
+    504: {"description": "queue_updates=false: the events are durable, but user state was not "
+          "updated within the timeout (it still will be); do not resend"},
 }
 
 
@@ -83,16 +86,22 @@ async def post_events(
     events = parse_event_list(await read_json_body(request, settings.max_body_bytes))
     queue = settings.queue_updates_default if queue_updates is None else queue_updates
     received_at = datetime.now(UTC)
-    messages = []
+    asset_labels = gateway.views.catalog(program_id).get
+    by_user: dict[str, list[bytes]] = {}
     for event, event_id in zip(events, new_event_ids(len(events))):
         event["program_id"] = program_id
         event["event_id"] = event_id
         event["received_at"] = received_at
         event["queue_updates"] = queue
         event["process_user_actions"] = process_user_actions
-        messages.append((message_key(program_id, event["user_id"]), encode(event)))
-    await gateway.publisher.publish(messages)
-    body = orjson.dumps({"result": f"accepted {len(messages)} events"})
+        event["asset_labels"] = asset_labels(event["asset_id"], ())
+        by_user.setdefault(event["user_id"], []).append(encode(event))
+    messages = [(message_key(program_id, user), b"\n".join(lines)) for user, lines in by_user.items()]
+    positions = await gateway.publisher.publish(messages)
+    if not queue and process_user_actions:
+        if not await gateway.views.wait_applied(positions, settings.update_timeout_s):
+            raise UpdateTimeout(len(events), settings.update_timeout_s)
+    body = orjson.dumps({"result": f"accepted {len(events)} events"})
     return Response(body, media_type="application/json")
 
 

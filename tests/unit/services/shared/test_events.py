@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.shared.events import InvalidEvent, decode, message_key
+from services.shared.events import InvalidEvent, decode, decode_message, lines, message_key
 
 GOOD = {"program_id": "p", "event_id": "e", "user_id": "u", "event_timestamp": "2026-01-01T00:00:00Z",
         "event_type": "view", "asset_id": "a", "labels": ["x"], "received_at": "2026-01-01T00:00:01Z",
@@ -17,7 +17,7 @@ def test_decode_accepts_a_canonical_event() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (None, "tombstone"),
+        (None, "empty"),
         (b"{not json", "not JSON"),
         (b"[1,2]", "not a JSON object"),
         (orjson.dumps({k: v for k, v in GOOD.items() if k != "user_id"}), "'user_id' is missing"),
@@ -34,3 +34,13 @@ def test_decode_says_what_is_wrong(raw: bytes | None, reason: str) -> None:
 def test_key_keeps_program_and_user_apart() -> None:
     assert message_key("p", "u") != message_key("pu", "")
     assert message_key("p", "u") == b"p\x1fu"
+
+
+def test_a_message_holds_json_lines() -> None:
+    raw = orjson.dumps(GOOD) + b"\n" + orjson.dumps(GOOD | {"asset_id": "b", "asset_labels": ["y"]})
+    assert [e["asset_id"] for e in decode_message(raw)] == ["a", "b"]
+    assert len(lines(raw)) == 2
+    with pytest.raises(InvalidEvent, match="empty"):
+        lines(b"")
+    with pytest.raises(InvalidEvent, match="asset_labels"):
+        decode(orjson.dumps(GOOD | {"asset_labels": "y"}))

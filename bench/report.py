@@ -1,0 +1,83 @@
+"""The one table ``make bench`` prints (rich), and the JSON file it writes beside it.
+
+Targets are informative: a miss shows FAIL but never fails the process, since figures
+on a shared 2-core machine are evidence to read, not a gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from bench.gateway import HeyResult
+from bench.producers import ProducerResult
+from bench.sink import SinkResult
+
+GATEWAY_TARGET = 100_000  # events/s
+P99_TARGET_MS = 100.0  # at half load
+SINK_RATIO_TARGET = 0.8  # sink rows/s over raw insert rows/s
+
+
+def verdicts(full: HeyResult, half: HeyResult, sink: SinkResult) -> dict[str, bool]:
+    return {
+        "gateway_events_per_s": full.events_per_s >= GATEWAY_TARGET,
+        "gateway_non_200_zero": full.not_ok + half.not_ok == 0,
+        "half_load_p99": half.p99_ms < P99_TARGET_MS,
+        "sink_over_raw": sink.ratio >= SINK_RATIO_TARGET,
+    }
+
+
+def _mark(ok: bool | None) -> str:
+    return "" if ok is None else ("[green]PASS[/]" if ok else "[red]FAIL[/]")
+
+
+def _p99(h: HeyResult) -> str:
+    return f"{h.p99_ms:.1f} ms" + (" (max: <100 requests)" if h.p99_is_max else "")
+
+
+def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, full: HeyResult,
+                half: HeyResult, sink: SinkResult) -> Table:
+    v = verdicts(full, half, sink)
+    mem = r["peak_rss_mib"]
+    share = r["foreign_cpu_s"] / (r["total_s"] * (r["machine"]["cpus"] or 1))
+    quiet = "" if share < 0.05 else (
+        f"[yellow]other processes used {r['foreign_cpu_s']:.0f} CPU-s ({share:.0%} of the "
+        "machine) during this run: figures are contended.[/] ")
+    t = Table(title="Sluice bench (embedded Tansu + chDB, 1000-event batches)",
+              caption=f"total runtime {r['total_s']:.0f} s on {r['machine']['cpus']} CPUs; {quiet}"
+              "* aiokafka's idempotent producer fails on Tansu (InitProducerId), so it runs "
+              "with enable_idempotence=False. Sink rate counted after its first batch landed "
+              f"(group join + first batch took {sink.sink_first_rows_s:.1f} s).")
+    for name, justify in (("measurement", "left"), ("figure", "right"), ("ratio", "right"),
+                          ("target", "right"), ("", "center")):
+        t.add_column(name, justify=justify, no_wrap=name == "measurement")  # type: ignore[arg-type]
+    t.add_row("1a raw producer confluent-kafka (acks=all, idempotent)",
+              f"{conf.per_s:,.0f} msg/s", "1.00 (ceiling)", "", "")
+    t.add_row("1b raw producer aiokafka (acks=all, no idempotence*)",
+              f"{aio.per_s:,.0f} msg/s", f"{aio.per_s / conf.per_s:.2f} x confluent", "", "")
+    t.add_row("2  gateway, 1 worker, hey -c 4",
+              f"{full.events_per_s:,.0f} events/s ({full.requests_per_s:.1f} req/s)",
+              f"{full.events_per_s / conf.per_s:.2f} x 1a", f">= {GATEWAY_TARGET:,}",
+              _mark(v["gateway_events_per_s"]))
+    t.add_row("2  non-200 responses (full / half load)",
+              f"{full.not_ok} of {full.ok + full.not_ok} / {half.not_ok} of {half.ok + half.not_ok}",
+              "", "0", _mark(v["gateway_non_200_zero"]))
+    t.add_row("2  ack latency at full load p50 / p99",
+              f"{full.p50_ms:.1f} / {_p99(full)}", "", "", "")
+    t.add_row(f"3  ack latency at half load p50 / p99 (-c 2 -q {half.rate_limit_per_client:.1f})",
+              f"{half.p50_ms:.1f} / {_p99(half)}",
+              f"{half.requests_per_s:.1f} req/s", f"p99 < {P99_TARGET_MS:.0f} ms",
+              _mark(v["half_load_p99"]))
+    t.add_row(f"4  sink, topic -> chDB ({sink.rows:,} events)",
+              f"{sink.sink_rows_per_s:,.0f} rows/s", f"{sink.ratio:.2f} x raw",
+              f">= {SINK_RATIO_TARGET} x raw", _mark(v["sink_over_raw"]))
+    t.add_row("4  raw chDB insert, same rows, 50k-row chunks",
+              f"{sink.raw_rows_per_s:,.0f} rows/s", "1.00", "", "")
+    t.add_row("5  peak RSS gateway process (during 2)", f"{mem['gateway']:,.0f} MiB", "", "", "")
+    t.add_row("5  peak RSS Tansu (in-memory log, max of 3 runs)",
+              f"{max(mem['tansu'].values()):,.0f} MiB", "", "", "")
+    t.add_row("5  peak RSS bench process during 4 (incl. chDB)",
+              f"{mem['bench_sink']:,.0f} MiB", "", "", "")
+    r["targets"] = v
+    return t

@@ -1,0 +1,108 @@
+"""``make bench``: start the embedded stack, measure one load at a time, print one table.
+
+Each section gets its own fresh Tansu (in-memory storage grows with what it holds, so a
+shared broker would carry one section's data into the next one's figures). Results also
+go to ``bench/out/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import gateway, producers, report, sink
+from bench.payload import api_body
+from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
+from services.shared.broker import EmbeddedBroker, free_port
+
+OUT = Path(__file__).resolve().parent / "out"
+log = Console(stderr=True)
+
+
+@contextmanager
+def tansu(workdir: Path, phase: str, peaks: dict[str, float]) -> Iterator[str]:
+    """A fresh embedded broker; its peak RSS is recorded under ``phase`` before it stops."""
+    broker = EmbeddedBroker(port=free_port(), log_path=workdir / f"tansu-{phase}.log").start()
+    assert broker.process is not None
+    try:
+        yield broker.bootstrap
+    finally:
+        gc.collect()  # close clients of this phase while their broker is still up
+        peaks[phase] = peak_rss_mib(broker.process.pid)
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each timed load")
+    ap.add_argument("--sink-events", type=int, default=500_000)
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    cpu_before = cpu_seconds_by_pid()
+    tansu_peaks: dict[str, float] = {}
+    r: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                     "platform": platform.platform()}}
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        work = Path(tmp)
+        with tansu(work, "producers", tansu_peaks) as boot:
+            batches = producers.sample_batches()
+            log.log(f"1. raw producers, {args.seconds}s each")
+            conf = producers.confluent_ceiling(boot, new_topic(boot, "raw-ck"), batches,
+                                               args.seconds)
+            aio = producers.aiokafka_ceiling(boot, new_topic(boot, "raw-aio"), batches,
+                                             args.seconds)
+            del batches
+        with tansu(work, "gateway", tansu_peaks) as boot:
+            body = work / "body.json"
+            body.write_bytes(api_body(seed=1))
+            gw = gateway.GatewayProcess(boot, new_topic(boot, "gw"), free_port(), work)
+            try:
+                gw.wait_ready()
+                log.log(f"2. gateway under hey -c 4 for {args.seconds}s (after 2s warm-up)")
+                gateway.hey(gw.url, body, 2, 4)
+                full = gateway.hey(gw.url, body, args.seconds, 4)
+                gw_peak = peak_rss_mib(gw.pid)
+                per_client = full.requests_per_s / 2 / 2
+                log.log(f"3. half load: hey -c 2 -q {per_client:.1f} for {args.seconds}s")
+                half = gateway.hey(gw.url, body, args.seconds, 2, per_client)
+                if full.not_ok or half.not_ok:
+                    full.sample_failure = (f"one POST after the load: {gw.post(body.read_bytes())}"
+                                           f"\ngateway log tail:\n{gw.log_tail()}")
+            finally:
+                gw.stop()
+        with tansu(work, "sink", tansu_peaks) as boot:
+            log.log(f"4. sink: prefill + raw insert of {args.sink_events:,} events, then the sink")
+            sunk = sink.run_sink_bench(boot, work, args.sink_events)
+    r["total_s"] = time.perf_counter() - started
+    r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
+    r["producers"] = {"confluent": conf.as_dict(), "aiokafka": aio.as_dict()}
+    r["gateway"] = {"full_load": full.as_dict(), "half_load": half.as_dict(),
+                    "events_over_confluent_ceiling": full.events_per_s / conf.per_s}
+    r["sink"] = sunk.as_dict()
+    r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
+                         "bench_sink": sunk.bench_peak_rss_mib,
+                         "bench_sink_note": "bench process (sink thread + its Store) incl. chDB"}
+    table = report.build_table(r, conf, aio, full, half, sunk)
+    Console(width=max(Console().width, 132)).print(table)
+    if full.sample_failure:
+        log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    log.print(f"results: {OUT / 'results.json'}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

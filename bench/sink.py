@@ -1,0 +1,151 @@
+"""Sink throughput against the ceiling it sits on: a raw ClickHouse insert of the same rows.
+
+The raw insert is what the sink does at best (one JSONEachRow insert per 50,000 rows),
+minus Kafka and the per-message checks, so sink/raw says how much the sink's own work
+costs. Both run in this process on one chDB Store (chDB allows one process per path):
+raw rows go to a second table with the same DDL, dropped before the sink starts.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from bench.payload import wire_batches
+from bench.procs import peak_rss_mib, reset_peak_rss
+from services.shared.clickhouse import Store
+from services.shared.kafka import ensure_topics, producer_config
+from services.shared.settings import Settings
+from services.sink.consume import Sink
+
+RAW_TABLE = "events_raw"
+CHUNK = 50_000
+
+
+@dataclass
+class SinkResult:
+    rows: int
+    raw_insert_s: float
+    prefill_s: float
+    sink_total_s: float  # sink thread start -> count reached N (includes the group join)
+    sink_first_rows_s: float  # start -> first rows visible (group join + first batch)
+    sink_steady_s: float  # first rows visible -> N
+    sink_steady_rows: int
+    bench_peak_rss_mib: float
+
+    @property
+    def raw_rows_per_s(self) -> float:
+        return self.rows / self.raw_insert_s
+
+    @property
+    def sink_rows_per_s(self) -> float:
+        """Rows/s after the first batch landed: the sink's rate, not the group join's wait."""
+        return self.sink_steady_rows / self.sink_steady_s if self.sink_steady_s else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.sink_rows_per_s / self.raw_rows_per_s
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self) | {
+            "raw_rows_per_s": round(self.raw_rows_per_s),
+            "sink_rows_per_s": round(self.sink_rows_per_s),
+            "sink_rows_per_s_incl_group_join": round(self.rows / self.sink_total_s),
+            "sink_over_raw": round(self.ratio, 3),
+        }
+
+
+def _create_raw_table(store: Store) -> None:
+    """The ``events`` DDL, renamed: same engine, sorting key and types as the sink's table."""
+    for path in sorted(store.settings.ddl_dir.glob("*.sql")):
+        sql, n = re.subn(r"(CREATE TABLE IF NOT EXISTS\s+)events\b", rf"\1{RAW_TABLE}",
+                         path.read_text())
+        if n:
+            body = "\n".join(x for x in sql.splitlines() if not x.strip().startswith("--"))
+            store.client.command(body.strip().rstrip(";"))
+            return
+    raise RuntimeError("no CREATE TABLE events in the DDL directory")
+
+
+def _count(store: Store, table: str = "events") -> int:
+    return int(store.query(f"SELECT count() AS n FROM {table}")[0]["n"])
+
+
+def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[float, float]:
+    """Per 50,000-row chunk: produce it to the topic (flushed), then time its raw insert.
+    Chunk by chunk, so the bench never holds all N rows and nothing overlaps the timing."""
+    _create_raw_table(store)
+    producer = Producer(producer_config(settings))
+    chunk: list[tuple[bytes, bytes]] = []
+    insert_s = produce_s = 0.0
+
+    def one_chunk() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        for key, value in chunk:
+            while True:
+                try:
+                    producer.produce(settings.topic_events, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.005)
+        if producer.flush(60):
+            raise RuntimeError("prefill: the broker did not ack every event")
+        t1 = time.perf_counter()
+        store.insert_json_rows(RAW_TABLE, b"\n".join(value for _, value in chunk))
+        return t1 - t0, time.perf_counter() - t1
+
+    for batch in wire_batches(n):
+        chunk.extend(batch)
+        if len(chunk) >= CHUNK:
+            p, i = one_chunk()
+            produce_s, insert_s, chunk = produce_s + p, insert_s + i, []
+    if chunk:
+        p, i = one_chunk()
+        produce_s, insert_s = produce_s + p, insert_s + i
+    if (raw := _count(store, RAW_TABLE)) != n:
+        raise RuntimeError(f"raw insert holds {raw} rows, expected {n}")
+    store.client.command(f"DROP TABLE {RAW_TABLE} SYNC")
+    return insert_s, produce_s
+
+
+def run_sink_bench(bootstrap: str, workdir: Path, n: int, timeout_s: float = 300.0) -> SinkResult:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=bootstrap, clickhouse_url=None, data_dir=workdir / "sink-data",
+        topic_events=f"bench-sink-{tag}", topic_dlq=f"bench-sink-{tag}.dlq",
+        sink_group=f"bench-sink-{tag}",
+    )
+    ensure_topics(settings)
+    store = Store(settings)
+    try:
+        insert_s, prefill_s = raw_insert_and_prefill(store, settings, n)
+        reset_peak_rss()
+        sink = Sink(settings, store)
+        thread = threading.Thread(target=sink.run, name="bench-sink", daemon=True)
+        start = time.perf_counter()
+        thread.start()
+        first_at, first_rows, count = 0.0, 0, 0
+        while count < n:
+            if time.perf_counter() - start > timeout_s or not thread.is_alive():
+                raise RuntimeError(f"sink stopped at {count}/{n} rows")
+            time.sleep(0.02)
+            count = _count(store)
+            if count and not first_at:
+                first_at, first_rows = time.perf_counter(), count
+        end = time.perf_counter()
+        peak = peak_rss_mib()
+        sink.stop()
+        thread.join(60)
+    finally:
+        store.close()
+    return SinkResult(
+        rows=n, raw_insert_s=insert_s, prefill_s=prefill_s, sink_total_s=end - start,
+        sink_first_rows_s=first_at - start, sink_steady_s=end - first_at,
+        sink_steady_rows=n - first_rows, bench_peak_rss_mib=peak,
+    )

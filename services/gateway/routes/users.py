@@ -1,0 +1,79 @@
+"""Read APIs of real-time user state: label weights and recommendations.
+
+Served from this gateway's view of the agents' ``user-state`` changelog (see views.py);
+recommendations are ranked at read time from the user's weights, the catalog and the
+program's popularity, so they follow both a change of weights and a change of an
+asset's labels at once, without re-ranking every user when the catalog changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+
+from services.gateway.deps import GatewayDep, ProgramId
+from services.shared.events import message_key
+from streams.model import UserState, label_weights, recommend
+
+router = APIRouter(tags=["Users"])
+UserIdPath = Annotated[str, Path(min_length=1, max_length=512)]
+
+
+class LabelWeight(BaseModel):
+    label: str
+    weight: float
+
+
+class LabelWeights(BaseModel):
+    user_id: str
+    as_of: float | None  # epoch seconds of the user's newest event: weights are as of then
+    events: int
+    label_weights: list[LabelWeight]
+
+
+class RecommendationOut(BaseModel):
+    asset_id: str
+    score: float
+    labels: list[str]
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    recommendations: list[RecommendationOut]
+
+
+@router.get("/users/{user_id}/label-weights", response_model=LabelWeights,
+            summary="A user's label weights, highest first")
+async def get_label_weights(user_id: UserIdPath, gateway: GatewayDep,
+                            program_id: ProgramId) -> dict[str, Any]:
+    record = gateway.views.user(message_key(program_id, user_id))
+    state = record.state if record else UserState()
+    return {
+        "user_id": user_id,
+        "as_of": state.ref_ts,
+        "events": record.events if record else 0,
+        "label_weights": [{"label": k, "weight": w} for k, w in label_weights(state)],
+    }
+
+
+@router.get("/users/{user_id}/recommendations", response_model=Recommendations,
+            summary="A user's top assets (cold start: the program's most popular)")
+async def get_recommendations(
+    user_id: UserIdPath,
+    gateway: GatewayDep,
+    program_id: ProgramId,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> dict[str, Any]:
+    record = gateway.views.user(message_key(program_id, user_id))
+    state = record.state if record else UserState()
+    popularity = await gateway.popularity.of(program_id)
+    ranked = recommend(state, gateway.model_configs(program_id),
+                       gateway.views.catalog(program_id), popularity, limit)
+    return {
+        "user_id": user_id,
+        "recommendations": [
+            {"asset_id": r.asset_id, "score": r.score, "labels": r.labels} for r in ranked
+        ],
+    }

@@ -1,0 +1,169 @@
+"""In-memory views the gateway keeps from two compacted topics.
+
+- ``assets``: the catalog (program -> asset -> labels, with a label index), for asset
+  reads, for stamping each event with its asset's labels, and for ranking.
+- the agents' ``user-state`` changelog: each user's latest record, for the read APIs and
+  for ``queue_updates=false``, which waits here until the agents published a record that
+  includes the request's own messages.
+
+Every gateway replica follows both topics from the start (no consumer group), so reads
+are local and scale with replicas; the agents remain the only writers of user state.
+A thread runs the consumer; waiters are woken through their event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from services.shared.assets import decode_asset
+from services.shared.events import InvalidEvent
+from services.shared.settings import Settings
+from streams.model import Catalog
+from streams.records import UserRecord
+
+log = logging.getLogger(__name__)
+
+Waiter = tuple[int, int, asyncio.Future[None], asyncio.AbstractEventLoop]
+
+
+class Views:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalogs: dict[str, Catalog] = {}
+        self.assets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.users: dict[bytes, UserRecord] = {}
+        self._waiters: dict[bytes, list[Waiter]] = {}
+        self._lock = threading.Lock()
+        self._running = True
+        self.caught_up = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="views", daemon=True)
+
+    def start(self) -> Views:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._running = False
+        self._thread.join(5)
+
+    # -- assets -------------------------------------------------------------------------
+    def apply_asset(self, record: dict[str, Any]) -> None:
+        """Apply an asset record unless a newer one is already here (the gateway applies
+        its own writes at once, and sees them again later from the topic)."""
+        key = (record["program_id"], record["asset_id"])
+        with self._lock:
+            current = self.assets.get(key)
+            if current is not None and current["updated_at"] > record["updated_at"]:
+                return
+            catalog = self.catalogs.setdefault(record["program_id"], Catalog())
+            if record["deleted"]:
+                self.assets.pop(key, None)
+                catalog.delete(record["asset_id"])
+            else:
+                self.assets[key] = record
+                catalog.upsert(record["asset_id"], record["labels"])
+
+    def asset(self, program_id: str, asset_id: str) -> dict[str, Any] | None:
+        return self.assets.get((program_id, asset_id))
+
+    def catalog(self, program_id: str) -> Catalog:
+        return self.catalogs.get(program_id) or Catalog()
+
+    # -- user state ---------------------------------------------------------------------
+    def user(self, key: bytes) -> UserRecord | None:
+        return self.users.get(key)
+
+    async def wait_applied(self, targets: dict[bytes, tuple[int, int]], timeout_s: float) -> bool:
+        """Wait until each user key's record includes its (partition, offset); False on timeout."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        with self._lock:
+            for key, (partition, offset) in targets.items():
+                record = self.users.get(key)
+                if record is not None and record.applied(partition, offset):
+                    continue
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiters.setdefault(key, []).append((partition, offset, future, loop))
+                futures.append(future)
+        if not futures:
+            return True
+        done, pending = await asyncio.wait(futures, timeout=timeout_s)
+        for future in pending:
+            future.cancel()
+        return not pending
+
+    def _apply_user(self, key: bytes, record: UserRecord) -> None:
+        with self._lock:
+            self.users[key] = record
+            waiters = self._waiters.get(key)
+            if not waiters:
+                return
+            still = []
+            for waiter in waiters:
+                partition, offset, future, loop = waiter
+                if record.applied(partition, offset):
+                    loop.call_soon_threadsafe(_resolve, future)
+                elif not future.cancelled():
+                    still.append(waiter)
+            if still:
+                self._waiters[key] = still
+            else:
+                del self._waiters[key]
+
+    # -- the follower thread ------------------------------------------------------------
+    def _follow(self) -> None:
+        topics = (self.settings.topic_assets, self.settings.topic_user_state)
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.bootstrap,
+            "group.id": f"sluice-view-{uuid.uuid4().hex}",  # never joins or commits
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,  # waiters are woken by what arrives: keep it snappy
+        })
+        try:
+            consumer.assign(list(self._partitions(consumer, topics)))
+            idle_since = time.monotonic()
+            while self._running:
+                messages = consumer.consume(5000, 0.05)
+                if not messages and time.monotonic() - idle_since > 0.3:
+                    self.caught_up.set()
+                for message in messages:
+                    idle_since = time.monotonic()
+                    if message.error() is None:
+                        self._apply(message.topic(), message.key(), message.value())
+        finally:
+            consumer.close()
+
+    def _partitions(self, consumer: Consumer, topics: Iterable[str]) -> Iterable[TopicPartition]:
+        for topic in topics:
+            while True:
+                try:
+                    meta = consumer.list_topics(topic, timeout=5).topics[topic]
+                    if meta.error is None and meta.partitions:
+                        break
+                except KafkaException:
+                    pass
+                time.sleep(0.2)
+            for p in meta.partitions:
+                yield TopicPartition(topic, p, OFFSET_BEGINNING)
+
+    def _apply(self, topic: str | None, key: bytes | None, value: bytes | None) -> None:
+        try:
+            if topic == self.settings.topic_assets:
+                self.apply_asset(decode_asset(value))
+            elif key is not None and value:
+                self._apply_user(key, UserRecord.decode(value))
+        except (InvalidEvent, KeyError, ValueError, TypeError) as exc:
+            log.warning("views: skipping a bad record on %s: %s", topic, exc)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,64 @@
+"""Source messages -> updated user records: the agents' work, without Faust.
+
+Called once per batch with the messages grouped by user key, so each user's record is
+read and written once per batch however many of its events the batch holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Protocol
+
+from services.shared.events import InvalidEvent, decode, lines
+from streams.model import ModelConfig, apply_event
+from streams.records import UserRecord
+
+log = logging.getLogger(__name__)
+
+
+class SourceMessage(Protocol):
+    partition: int
+    offset: int
+    value: bytes
+
+
+def event_time(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def apply_messages(
+    record: UserRecord,
+    messages: Iterable[SourceMessage],
+    config_for: Callable[[str], ModelConfig],
+) -> bool:
+    """Apply one user's messages (in offset order) to its record; skip those already in
+    it. Returns whether the record changed (i.e. must be written)."""
+    changed = False
+    for message in messages:
+        if record.applied(message.partition, message.offset):
+            continue  # a replay after a crash or a rebalance: already counted
+        try:
+            events = [decode(line) for line in lines(message.value)]
+        except InvalidEvent as exc:
+            log.warning("skipping message %s/%s: %s (the sink dead-letters it)",
+                        message.partition, message.offset, exc)
+            continue
+        for event in events:
+            if not event["process_user_actions"]:
+                continue
+            apply_event(
+                record.state,
+                config_for(event["program_id"]),
+                event_time(event["event_timestamp"]),
+                event["event_type"],
+                event["labels"],
+                event.get("asset_labels") or (),
+                event["asset_id"],
+            )
+            record.events += 1
+            changed = True
+        if changed:
+            record.partition, record.offset = message.partition, message.offset
+    return changed

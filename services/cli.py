@@ -63,6 +63,23 @@ def agents(loglevel: str = typer.Option("warn", help="crit, error, warn, info, d
     run_worker(_settings(), loglevel)
 
 
+@app.command("rebuild-state")
+def rebuild_state() -> None:
+    """Recompute user state and the catalog from ClickHouse (run with the agents stopped)."""
+    from services.shared.clickhouse import Store
+    from services.shared.kafka import ensure_topics
+    from streams.rebuild import rebuild_state as rebuild
+
+    settings = _settings()
+    ensure_topics(settings)
+    store = Store(settings)
+    try:
+        done = rebuild(settings, store)
+    finally:
+        store.close()
+    typer.echo(f"rebuilt {done.users} users from {done.events} events, and {done.assets} assets")
+
+
 @app.command()
 def broker() -> None:
     """Only the embedded Tansu broker, in the foreground (for running roles separately)."""

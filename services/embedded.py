@@ -1,16 +1,20 @@
-"""``sluice up``: the whole pipeline in one process, for a laptop or a demo.
+"""``sluice up``: the whole pipeline on one machine, for a laptop or a demo.
 
 Tansu (unless SLUICE_KAFKA_BOOTSTRAP names a cluster), the topics, ClickHouse (embedded
-chDB under ./data unless SLUICE_CLICKHOUSE_URL names a server), the sink on a thread, and
-the gateway on the main thread. chDB admits one process per path, so the gateway's reads
+chDB under ./data unless SLUICE_CLICKHOUSE_URL names a server), user state and catalog
+rebuilt from ClickHouse, the stream agents (a Faust worker process), the sink on a
+thread, and the gateway on the main thread. chDB admits one process per path, so the gateway's reads
 share the sink's Store. Shutdown order keeps every acknowledged event: gateway (flushes
-its producer) -> sink (drains the topic into ClickHouse) -> broker.
+its producer) -> sink (drains the topic into ClickHouse) -> agents -> broker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 import threading
 
 import uvicorn
@@ -22,6 +26,7 @@ from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 from services.sink.consume import Sink
+from streams.rebuild import rebuild_state
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,12 @@ def run_embedded(settings: Settings) -> None:
     try:
         ensure_topics(settings)
         store = Store(settings)
+        # The broker starts empty: bring back what ClickHouse holds before going live.
+        rebuilt = rebuild_state(settings, store, show_progress=True)
+        if rebuilt.events or rebuilt.assets:
+            console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
+                          f"{rebuilt.assets} assets from ClickHouse")
+        agents = start_agents(settings)
         sink = Sink(settings, store)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -61,7 +72,9 @@ def run_embedded(settings: Settings) -> None:
         broker_kind = "embedded Tansu, in memory" if broker else "external"
         console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")
         console.print(f"  clickhouse  {settings.clickhouse_dsn}")
-        console.print(f"  sink        group {settings.sink_group} -> table events")
+        console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
+        console.print(f"  agents      pid {agents.pid}, stats http://{settings.http_host}:"
+                      f"{settings.agents_web_port}/stats, log {settings.data_dir / 'agents.log'}")
         # uvicorn re-raises the signal that stopped it once it is done: make that a no-op
         # so the drain below runs instead of the process dying on SIGTERM.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,8 +83,23 @@ def run_embedded(settings: Settings) -> None:
         console.print("stopping: draining the sink into ClickHouse...")
         sink.stop()
         sink_thread.join()
+        agents.terminate()
+        try:
+            agents.wait(15)
+        except subprocess.TimeoutExpired:
+            agents.kill()
         console.print(f"stopped; the sink wrote {sink.rows_written} rows this run")
         store.close()
     finally:
         if broker:
             broker.stop()
+
+
+def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
+    """The Faust worker in its own process (Faust owns its event loop and signals)."""
+    env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
+    log_file = open(settings.data_dir / "agents.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "agents"], env=env,
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )

@@ -63,16 +63,18 @@ class Views:
             current = self.assets.get(key)
             if current is not None and current["updated_at"] > record["updated_at"]:
                 return
+            # a deleted asset stays as a marker, so an older record replayed from the
+            # topic cannot bring it back
+            self.assets[key] = record
             catalog = self.catalogs.setdefault(record["program_id"], Catalog())
             if record["deleted"]:
-                self.assets.pop(key, None)
                 catalog.delete(record["asset_id"])
             else:
-                self.assets[key] = record
                 catalog.upsert(record["asset_id"], record["labels"])
 
     def asset(self, program_id: str, asset_id: str) -> dict[str, Any] | None:
-        return self.assets.get((program_id, asset_id))
+        record = self.assets.get((program_id, asset_id))
+        return None if record is None or record["deleted"] else record
 
     def catalog(self, program_id: str) -> Catalog:
         return self.catalogs.get(program_id) or Catalog()

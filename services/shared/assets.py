@@ -7,6 +7,7 @@ that the sink can store the deletion and a replay of the topic applies it in ord
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +22,14 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "updated_at": str,
     "deleted": bool,
 }
+
+
+def iso_utc(ts: datetime | None = None) -> str:
+    """Fixed-width ISO 8601 UTC (always 6 fractional digits): versions compare as strings."""
+    ts = ts or datetime.now(UTC)
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def asset_key(program_id: str, asset_id: str) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,12 @@ class Store:
         with self._lock:
             result = self.client.query(sql, parameters=parameters or {})
         return [dict(zip(result.column_names, row)) for row in result.result_rows]
+
+    @contextmanager
+    def stream_rows(self, sql: str) -> Iterator[Iterator[list[tuple[Any, ...]]]]:
+        """Rows of a large result in blocks, without holding it all in memory."""
+        with self._lock, self.client.query_row_block_stream(sql) as blocks:
+            yield blocks
 
     def user_events(self, program_id: str, user_id: str, limit: int) -> list[dict[str, Any]]:
         """A user's stored events, newest first, each replayed duplicate collapsed (FINAL)."""

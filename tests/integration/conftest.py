@@ -9,6 +9,9 @@ own topic names and consumer group, so tests never see each other's events.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -66,6 +69,10 @@ def settings(
         data_dir=tmp_path / "data",
         topic_events=f"events-{tag}",
         topic_dlq=f"events-{tag}.dlq",
+        topic_assets=f"assets-{tag}",
+        agents_app_id=f"agents-{tag}",
+        agents_web_port=free_port(),
+        popularity_ttl_s=0.0,
         sink_group=f"sink-{tag}",
         sink_batch_seconds=0.2,
         publish_timeout_s=3.0,
@@ -143,3 +150,71 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout_s: float = 20.
         messages.extend(m for m in consumer.consume(1000, 0.2) if m.error() is None)
     consumer.close()
     return messages
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The SLUICE_* environment that makes a child process use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            import json
+
+            value = json.dumps(value)
+        env[f"SLUICE_{name.upper()}"] = str(value)
+    return env
+
+
+class Agents:
+    """`sluice agents` worker processes, started and killed like in production."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.workers: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def start(self) -> int:
+        port = free_port() if self.workers else self.settings.agents_web_port
+        env = env_for(self.settings) | {"SLUICE_AGENTS_WEB_PORT": str(port)}
+        log = open(self.log_dir / f"agents-{len(self.workers)}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "agents", "--loglevel", "info"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append((proc, port))
+        wait_for(lambda: self._serving(port), timeout_s=60)
+        return len(self.workers) - 1
+
+    def stats(self, i: int) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.workers[i][1]}/stats", timeout=2).json()
+
+    def _serving(self, port: int) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        proc, _ = self.workers[i]
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        for proc, _ in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest.fixture
+def agents(settings: Settings, tmp_path: Path) -> Iterator[Agents]:
+    ensure_topics(settings)
+    a = Agents(settings, tmp_path)
+    yield a
+    a.stop_all()

@@ -8,7 +8,6 @@ milliseconds, from the topic; the sink stores them in ClickHouse ``assets``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -21,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from services.gateway.body import read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
 from services.gateway.validate import Id, Label, errors_of
-from services.shared.assets import asset_key, encode_asset
+from services.shared.assets import asset_key, encode_asset, iso_utc
 
 router = APIRouter(tags=["Assets"])
 
@@ -52,7 +51,7 @@ def _record(program_id: str, asset_id: str, labels: list[str], attributes: dict[
         "asset_id": asset_id,
         "labels": list(dict.fromkeys(labels)),
         "attributes": orjson.dumps(attributes).decode(),
-        "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "updated_at": iso_utc(),
         "deleted": deleted,
     }
 

@@ -1,0 +1,117 @@
+"""ClickHouse -> user state and asset catalog, published where agents and gateways read them.
+
+Used by ``sluice rebuild-state`` (after a back-fill with process_user_actions=false) and by
+``sluice up`` at start: the embedded broker keeps nothing across restarts, so the catalog
+is re-published to the ``assets`` topic and every user's record, recomputed with the same
+model as live processing, is written to the ``user-state`` changelog. Agents started
+afterwards recover it from there as Faust does; gateways follow it. Run it with the agents
+stopped: a running agent would not re-read its changelog and would overwrite it.
+
+Each record's source position is set to the agents' committed offset of its partition, so
+live processing resumes after what the rebuild already counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from confluent_kafka import Consumer, Producer, TopicPartition
+from rich.progress import Progress
+
+from services.shared.assets import asset_key, encode_asset, iso_utc
+from services.shared.clickhouse import Store
+from services.shared.events import message_key
+from services.shared.kafka import producer_config
+from services.shared.settings import Settings
+from streams.config import ModelConfigs
+from streams.model import apply_event
+from streams.records import UserRecord
+
+EVENTS_BY_USER = (
+    "SELECT program_id, user_id, toUnixTimestamp64Micro(event_timestamp) AS ts, event_type, "
+    "labels, asset_labels, asset_id FROM events FINAL ORDER BY program_id, user_id"
+)
+LIVE_ASSETS = (
+    "SELECT program_id, asset_id, labels, attributes, updated_at FROM assets FINAL "
+    "WHERE deleted = 0"
+)
+
+
+@dataclass
+class Rebuilt:
+    assets: int = 0
+    users: int = 0
+    events: int = 0
+
+
+def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) -> Rebuilt:
+    producer = Producer(producer_config(settings))
+    result = Rebuilt()
+    with Progress(disable=not show_progress, transient=False) as progress:
+        for asset in store.query(LIVE_ASSETS):
+            record = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
+            _produce(producer, settings.topic_assets,
+                     asset_key(asset["program_id"], asset["asset_id"]), encode_asset(record))
+            result.assets += 1
+        total = int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
+        task = progress.add_task("rebuilding user state from ClickHouse", total=total)
+        resume_at = _agents_positions(settings)
+        config_for = ModelConfigs(settings)
+        for record in _users(store, config_for, lambda n: progress.advance(task, n)):
+            key = message_key(record.program_id, record.user_id)
+            partition = _partition_of(key, settings.events_partitions)
+            record.partition, record.offset = partition, resume_at.get(partition, 0) - 1
+            _produce(producer, settings.topic_user_state, key, record.encode())
+            result.users += 1
+            result.events += record.events
+    if producer.flush(60) > 0:
+        raise RuntimeError("the broker did not take the rebuilt state")
+    return result
+
+
+def _users(store: Store, config_for: ModelConfigs,
+           advance: Callable[[int], None]) -> Iterator[UserRecord]:
+    """One UserRecord per (program, user), from rows sorted by user."""
+    current: UserRecord | None = None
+    with store.stream_rows(EVENTS_BY_USER) as blocks:
+        for block in blocks:
+            for program_id, user_id, ts_us, event_type, labels, asset_labels, asset_id in block:
+                if current is None or (current.program_id, current.user_id) != (program_id, user_id):
+                    if current is not None:
+                        yield current
+                    current = UserRecord(program_id, user_id)
+                apply_event(current.state, config_for(program_id), ts_us / 1e6, event_type,
+                            labels, asset_labels, asset_id)
+                current.events += 1
+            advance(len(block))
+    if current is not None:
+        yield current
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def _partition_of(key: bytes, partitions: int) -> int:
+    """The partition murmur2 gives the key: where the gateway puts the user's events and
+    where the agents' table (use_partitioner) keeps its state."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _agents_positions(settings: Settings) -> dict[int, int]:
+    """The agents' committed offset per events partition (none: an empty dict)."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.agents_app_id})
+    try:
+        wanted = [TopicPartition(settings.topic_events, p) for p in range(settings.events_partitions)]
+        committed = consumer.committed(wanted, timeout=10)
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+    finally:
+        consumer.close()
+

@@ -1,0 +1,155 @@
+"""Real-time user state on Tansu + chDB with real `sluice agents` worker processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from services.gateway.app import create_app
+from services.shared.clickhouse import Store
+from services.shared.settings import Settings
+from tests.integration.conftest import Agents, env_for, event, read_topic, running_sink, wait_for
+
+H = {"program-id": "shop"}
+T = "2026-11-20T10:00:00Z"
+T_MINUS_HALF_LIFE = "2026-11-13T10:00:00Z"  # 7 days earlier: counts half
+CATALOG = [
+    {"asset_id": "a1", "labels": ["red", "shoe"], "attributes": {"price": 10}},
+    {"asset_id": "a2", "labels": ["blue", "shoe"]},
+    {"asset_id": "a3", "labels": ["red", "hat"]},
+    {"asset_id": "a4", "labels": ["green"]},
+]
+# purchase of a1 at T with event label "sale" (amount 5), then an older view of a2 (amount 1,
+# one half-life before T, so 0.5); the view arrives after the purchase: out of order.
+EVENTS = [
+    event("u1", "a1", event_type="purchase", labels=["sale"], event_timestamp=T),
+    event("u1", "a2", event_type="view", labels=[], event_timestamp=T_MINUS_HALF_LIFE),
+]
+EXPECTED_WEIGHTS = [  # highest first, ties by label
+    {"label": "shoe", "weight": 5.5},  # 5 (a1) + 0.5 (a2)
+    {"label": "red", "weight": 5.0},
+    {"label": "sale", "weight": 5.0},
+    {"label": "blue", "weight": 0.5},
+]
+EXPECTED_RECOMMENDATIONS = [  # a1, a2 are the user's last events: excluded
+    {"asset_id": "a3", "score": 5.0, "labels": ["red"]},  # red 5
+    {"asset_id": "a4", "score": 0.0, "labels": []},  # no shared label: popularity fill
+]
+
+
+def weights(client: TestClient, user: str) -> list[dict]:
+    response = client.get(f"/users/{user}/label-weights", headers=H)
+    assert response.status_code == 200
+    return [{"label": w["label"], "weight": pytest.approx(w["weight"])} for w in response.json()["label_weights"]]
+
+
+def recommendations(client: TestClient, user: str) -> list[dict]:
+    response = client.get(f"/users/{user}/recommendations", headers=H)
+    assert response.status_code == 200
+    return response.json()["recommendations"]
+
+
+def test_queue_updates_false_answers_when_state_includes_the_batch(
+    pipeline: TestClient, agents: Agents
+) -> None:
+    agents.start()
+    put = pipeline.put("/assets", json={"assets": CATALOG}, headers=H)
+    assert put.status_code == 200, put.text
+    assert pipeline.get("/assets/a1", headers=H).json()["attributes"] == {"price": 10}
+
+    posted = pipeline.post("/events?queue_updates=false", json={"events": EVENTS}, headers=H)
+    assert posted.status_code == 200, posted.text
+    # no waiting: the answer came after the state was published
+    assert weights(pipeline, "u1") == EXPECTED_WEIGHTS
+    got = recommendations(pipeline, "u1")
+    assert [r["asset_id"] for r in got] == ["a3", "a4"]
+    assert got[0]["score"] == pytest.approx(5.0) and got[0]["labels"] == ["red"]
+    assert got[1] == {"asset_id": "a4", "score": 0.0, "labels": []}
+
+    # an asset's labels change: the ranking follows at once
+    assert pipeline.put("/assets", json={"assets": [{"asset_id": "a4", "labels": ["shoe"]}]},
+                        headers=H).status_code == 200
+    assert [r["asset_id"] for r in recommendations(pipeline, "u1")] == ["a4", "a3"]
+    assert pipeline.delete("/assets/a4", headers=H).status_code == 200
+    assert pipeline.get("/assets/a4", headers=H).status_code == 404
+    assert [r["asset_id"] for r in recommendations(pipeline, "u1")] == ["a3"]
+
+
+def test_unknown_user_gets_cold_start_and_empty_weights(
+    pipeline: TestClient, store: Store
+) -> None:
+    pipeline.put("/assets", json={"assets": CATALOG}, headers=H)
+    # popularity: a3 twice, a2 once (stored only, no user processing needed)
+    batch = [event("x", "a3"), event("y", "a3"), event("z", "a2")]
+    assert pipeline.post("/events?process_user_actions=false", json={"events": batch},
+                         headers=H).status_code == 200
+    wait_for(lambda: store.query("SELECT count() AS n FROM events")[0]["n"] == 3)
+    assert weights(pipeline, "nobody") == []
+    cold = recommendations(pipeline, "nobody")
+    assert [r["asset_id"] for r in cold] == ["a3", "a2", "a1", "a4"]  # popularity, then id
+    assert all(r["score"] == 0.0 for r in cold)
+
+
+def test_queue_updates_false_without_agents_is_504_but_durable(
+    settings: Settings, store: Store
+) -> None:
+    settings.update_timeout_s = 1.0
+    with running_sink(settings, store), TestClient(create_app(settings, store)) as client:
+        response = client.post("/events?queue_updates=false", json={"events": [event("u9")]}, headers=H)
+        assert response.status_code == 504
+        assert "durable" in response.json()["detail"]
+        wait_for(lambda: store.query("SELECT count() AS n FROM events")[0]["n"] == 1)
+
+
+def test_changelog_partition_is_the_source_partition(
+    pipeline: TestClient, agents: Agents, settings: Settings
+) -> None:
+    """Whoever owns a source partition must recover exactly its users' states."""
+    agents.start()
+    batch = [event(f"user{i}", "a1") for i in range(200)]
+    assert pipeline.post("/events?queue_updates=false", json={"events": batch}, headers=H).status_code == 200
+    records = read_topic(settings.bootstrap, settings.topic_user_state, at_least=200)
+    assert len(records) >= 200
+    assert all(m.partition() == orjson.loads(m.value())["partition"] for m in records)
+
+
+def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
+    settings: Settings, agents: Agents, tmp_path
+) -> None:
+    """process_user_actions=false stores events but changes no state; `sluice rebuild-state`
+    (agents stopped) then brings the state to what live processing computed."""
+    bulk = [dict(e, user_id="bulk") for e in EVENTS]
+    live = [dict(e, user_id="live") for e in EVENTS]
+    store = Store(settings)
+    agents.start()
+    with running_sink(settings, store), TestClient(create_app(settings, store)) as client:
+        client.put("/assets", json={"assets": CATALOG}, headers=H)
+        assert client.post("/events?queue_updates=false", json={"events": live}, headers=H).status_code == 200
+        assert client.post("/events?process_user_actions=false", json={"events": bulk},
+                           headers=H).status_code == 200
+        wait_for(lambda: store.query("SELECT count() AS n FROM events")[0]["n"] == 4)
+        assert weights(client, "live") == EXPECTED_WEIGHTS
+        assert weights(client, "bulk") == []
+    store.close()
+    agents.stop_all()
+
+    done = subprocess.run([sys.executable, "-m", "services.cli", "rebuild-state"],
+                          env=env_for(settings), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"rebuilt 2 users from 4 events, and 4 assets" in done.stdout
+
+    agents.start()
+    store = Store(settings)
+    with TestClient(create_app(settings, store)) as client:
+        wait_for(lambda: weights(client, "bulk") == EXPECTED_WEIGHTS, timeout_s=10)
+        assert weights(client, "live") == EXPECTED_WEIGHTS
+        assert recommendations(client, "bulk") == recommendations(client, "live")
+        # live processing resumes on top of the rebuilt state, counting nothing twice
+        more = [event("bulk", "a3", event_type="click", labels=[], event_timestamp=T)]
+        assert client.post("/events?queue_updates=false", json={"events": more}, headers=H).status_code == 200
+        assert {w["label"]: w["weight"] for w in weights(client, "bulk")}["red"] == pytest.approx(7.0)
+    store.close()

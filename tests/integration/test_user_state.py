@@ -153,3 +153,30 @@ def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
         assert client.post("/events?queue_updates=false", json={"events": more}, headers=H).status_code == 200
         assert {w["label"]: w["weight"] for w in weights(client, "bulk")}["red"] == pytest.approx(7.0)
     store.close()
+
+
+def test_worker_killed_loses_no_update_and_counts_none_twice(
+    settings: Settings, store: Store, agents: Agents
+) -> None:
+    """Two workers share the partitions; SIGKILL one; the other takes its partitions over,
+    recovers their state from the changelog and goes on: every user ends with exactly the
+    events it was sent."""
+    settings.update_timeout_s = 45.0
+    users = [f"user{i}" for i in range(40)]
+    first = agents.start()
+    second = agents.start()
+    with running_sink(settings, store), TestClient(create_app(settings, store)) as client:
+        for round_, ts in enumerate([T_MINUS_HALF_LIFE, T]):
+            batch = [event(u, "a1", event_type="click", labels=[f"r{round_}"], event_timestamp=ts)
+                     for u in users]
+            response = client.post("/events?queue_updates=false", json={"events": batch}, headers=H)
+            assert response.status_code == 200, response.text
+            if round_ == 0:
+                wait_for(lambda: agents.stats(first)["messages"] > 0 and agents.stats(second)["messages"] > 0,
+                         timeout_s=5)
+                agents.kill(second)
+        for user in users:
+            record = client.get(f"/users/{user}/label-weights", headers=H).json()
+            assert record["events"] == 2, (user, record)
+            got = {w["label"]: w["weight"] for w in record["label_weights"]}
+            assert got == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}  # 2, and 2 halved

@@ -24,6 +24,18 @@ class UserRecord:
     partition: int = -1
     offset: int = -1
     events: int = 0
+    # Sessions (CrowdPower's update_session): event times in epoch seconds.
+    last_seen: float | None = None
+    session_started: float | None = None
+    sessions: int = 0
+
+    def touch_session(self, ts: float, gap_s: float) -> None:
+        """Activity at ``ts``: a new session after ``gap_s`` without events, else extend."""
+        if self.last_seen is None or ts > self.last_seen + gap_s:
+            self.sessions += 1
+            self.session_started = ts
+        if self.last_seen is None or ts > self.last_seen:
+            self.last_seen = ts
 
     def applied(self, partition: int, offset: int) -> bool:
         """Whether the source message at (partition, offset) is already in this state."""
@@ -40,6 +52,9 @@ class UserRecord:
                 "partition": self.partition,
                 "offset": self.offset,
                 "events": self.events,
+                "last_seen": self.last_seen,
+                "session_started": self.session_started,
+                "sessions": self.sessions,
             }
         )
 
@@ -51,4 +66,7 @@ class UserRecord:
             weights=d["weights"],
             recent=[(float(ts), str(asset)) for ts, asset in d["recent"]],
         )
-        return cls(d["program_id"], d["user_id"], state, d["partition"], d["offset"], d["events"])
+        return cls(
+            d["program_id"], d["user_id"], state, d["partition"], d["offset"], d["events"],
+            d.get("last_seen"), d.get("session_started"), d.get("sessions", 0),
+        )

@@ -32,6 +32,7 @@ def apply_messages(
     record: UserRecord,
     messages: Iterable[SourceMessage],
     config_for: Callable[[str], ModelConfig],
+    session_gap_s: float = 1800.0,
 ) -> bool:
     """Apply one user's messages (in offset order) to its record; skip those already in
     it. Returns whether the record changed (i.e. must be written)."""
@@ -48,6 +49,8 @@ def apply_messages(
         for event in events:
             if not event["process_user_actions"]:
                 continue
+            if event.get("update_session"):
+                record.touch_session(event_time(event["event_timestamp"]), session_gap_s)
             apply_event(
                 record.state,
                 config_for(event["program_id"]),

@@ -30,7 +30,8 @@ INSERT_SETTINGS = {
 
 EVENT_COLUMNS = (
     "program_id, toString(event_id) AS event_id, user_id, event_timestamp, event_type, "
-    "asset_id, labels, received_at, queue_updates, process_user_actions"
+    "asset_id, labels, received_at, queue_updates, process_user_actions, asset_labels, "
+    "source, client_event_id, session_id, anonymous_id, email, properties, value"
 )
 
 

@@ -31,7 +31,18 @@ WIRE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "process_user_actions": bool,
 }
 # Optional fields (older producers did not send them): name -> type.
-OPTIONAL_FIELDS: dict[str, type] = {"asset_labels": list}
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "asset_labels": list,
+    "source": str,  # which dialect: actionhub, personalize, retail, userflux, crowdpower
+    "client_event_id": str,  # the client's own id of the event, where the dialect has one
+    "session_id": str,
+    "anonymous_id": str,
+    "email": str,
+    "properties": str,  # JSON text of the dialect's free-form properties
+    "value": (int, float),
+    # Not stored: tells the agents to count the event as session activity (CrowdPower).
+    "update_session": bool,
+}
 
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a sane id, never ambiguous
 ENCODE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC

@@ -16,10 +16,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.gateway.body import read_json_body
-from services.gateway.errors import UpdateTimeout
+from services.gateway.ingest import ingest
 from services.gateway.deps import GatewayDep, ProgramId, require_store
-from services.gateway.validate import EVENT_LIST, new_event_ids, parse_event_list
-from services.shared.events import encode, message_key
+from services.gateway.validate import EVENT_LIST, parse_event_list
 
 router = APIRouter(tags=["ActionHub"])
 
@@ -39,6 +38,14 @@ class StoredEvent(BaseModel):
     received_at: datetime
     queue_updates: bool
     process_user_actions: bool
+    asset_labels: list[str]
+    source: str
+    client_event_id: str
+    session_id: str
+    anonymous_id: str
+    email: str
+    properties: str  # JSON text
+    value: float | None
 
 
 class StoredEvents(BaseModel):
@@ -85,22 +92,8 @@ async def post_events(
     settings = gateway.settings
     events = parse_event_list(await read_json_body(request, settings.max_body_bytes))
     queue = settings.queue_updates_default if queue_updates is None else queue_updates
-    received_at = datetime.now(UTC)
-    asset_labels = gateway.views.catalog(program_id).get
-    by_user: dict[str, list[bytes]] = {}
-    for event, event_id in zip(events, new_event_ids(len(events))):
-        event["program_id"] = program_id
-        event["event_id"] = event_id
-        event["received_at"] = received_at
-        event["queue_updates"] = queue
-        event["process_user_actions"] = process_user_actions
-        event["asset_labels"] = asset_labels(event["asset_id"], ())
-        by_user.setdefault(event["user_id"], []).append(encode(event))
-    messages = [(message_key(program_id, user), b"\n".join(lines)) for user, lines in by_user.items()]
-    positions = await gateway.publisher.publish(messages)
-    if not queue and process_user_actions:
-        if not await gateway.views.wait_applied(positions, settings.update_timeout_s):
-            raise UpdateTimeout(len(events), settings.update_timeout_s)
+    await ingest(gateway, program_id, events, queue_updates=queue,
+                 process_user_actions=process_user_actions, source="actionhub")
     body = orjson.dumps({"result": f"accepted {len(events)} events"})
     return Response(body, media_type="application/json")
 

@@ -81,9 +81,12 @@ def parse_hey(text: str) -> HeyResult:
 class GatewayProcess:
     """``.venv/bin/sluice gateway`` on its own port, publishing to ``topic`` on ``bootstrap``."""
 
-    def __init__(self, bootstrap: str, topic: str, port: int, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, topic: str, port: int, workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: a full environment to start from (e.g. every setting of a Settings)."""
         self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        env = dict(env) if env is not None else {
+            k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
         env |= {
             "SLUICE_KAFKA_BOOTSTRAP": bootstrap, "SLUICE_HTTP_PORT": str(port),
             "SLUICE_TOPIC_EVENTS": topic, "SLUICE_DATA_DIR": str(workdir / "data"),

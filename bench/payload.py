@@ -1,29 +1,35 @@
-"""Bench payloads: a 1000-event API body, and the canonical wire events the gateway makes.
+"""Bench payloads: a 1000-event API body, and the Kafka messages the gateway makes of it.
 
-The wire events go through the gateway's own validator and the same enrichment as its
-POST handler, so the producer ceiling and the sink see byte-for-byte what the gateway
-would publish, not a hand-made approximation.
+The messages come from the gateway's own code path (``parse_event_list`` then
+``ingest``), with its publisher and views replaced by a recorder, so the producer
+ceiling and the sink see byte for byte what the gateway publishes (one message per user
+per request, its events as newline-separated JSON lines), whatever that shape becomes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 
-from services.gateway.validate import new_event_ids, parse_event_list
-from services.shared.events import encode, message_key
+from services.gateway.ingest import ingest
+from services.gateway.validate import parse_event_list
+from services.shared.settings import Settings
 
 BATCH = 1000
 PROGRAM = "bench"
 TYPES = ("view", "click", "add_to_cart", "purchase", "like")
 LABELS = ("red", "blue", "shoes", "sale", "new", "summer", "kids", "premium")
+Messages = list[tuple[bytes, bytes]]
+Headers = list[tuple[str, bytes]] | None
 
 
-def api_body(seed: int = 0, users: int = 10_000) -> bytes:
-    """One valid ``POST /events`` body of 1000 events from varied users."""
+def api_body(seed: int = 0, users: int = 10_000, n: int = BATCH) -> bytes:
+    """One valid ``POST /events`` body of ``n`` events from varied users."""
     rnd = random.Random(seed)
     events = [
         {
@@ -34,29 +40,85 @@ def api_body(seed: int = 0, users: int = 10_000) -> bytes:
             "asset_id": f"sku-{rnd.randrange(50_000)}",
             "labels": rnd.sample(LABELS, rnd.randint(1, 3)),
         }
-        for _ in range(BATCH)
+        for _ in range(n)
     ]
     return orjson.dumps({"events": events})
 
 
-def wire_batch(body: bytes, program_id: str = PROGRAM) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs exactly as the gateway's POST handler builds them from ``body``."""
+def users_body(seed: int, users_per_request: int, pool: int = 10_000, n: int = BATCH) -> bytes:
+    """A ``POST /events`` body of ``n`` events from exactly ``users_per_request`` distinct
+    users of a ``pool`` (each with ``n // users_per_request`` events, interleaved), so the
+    gateway makes exactly that many messages of that many events each."""
+    rnd = random.Random(seed)
+    if n % users_per_request:
+        raise ValueError(f"{n} events do not split evenly over {users_per_request} users")
+    users = rnd.sample(range(pool), users_per_request) * (n // users_per_request)
+    rnd.shuffle(users)
+    events = [
+        {
+            "user_id": f"user-{user}",
+            "event_timestamp": f"2026-11-{rnd.randint(1, 28):02d}T{rnd.randint(0, 23):02d}:"
+            f"{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}.{rnd.randrange(10**6):06d}Z",
+            "event_type": rnd.choice(TYPES),
+            "asset_id": f"sku-{rnd.randrange(50_000)}",
+            "labels": rnd.sample(LABELS, rnd.randint(1, 3)),
+        }
+        for user in users
+    ]
+    return orjson.dumps({"events": events})
+
+
+class _Recorder:
+    """Stands in for the gateway's publisher and views: keeps what would be published."""
+
+    def __init__(self) -> None:
+        self.messages: Messages = []
+        self.headers: Headers = None
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]], topic: str | None = None,
+                      headers: Headers = None) -> dict[bytes, tuple[int, int]]:
+        self.messages = list(messages)
+        self.headers = headers
+        return {}
+
+    def catalog(self, _program_id: str) -> dict[str, Any]:
+        return {}  # no asset catalog in the bench: asset_labels stay empty
+
+
+_RECORDER = _Recorder()
+_GATEWAY: Any = SimpleNamespace(settings=Settings(), publisher=_RECORDER, views=_RECORDER)
+
+
+def wire_batch(body: bytes, program_id: str = PROGRAM,
+               runner: asyncio.Runner | None = None) -> Messages:
+    """The (key, value) messages the gateway's POST /events?queue_updates=true publishes."""
     events = parse_event_list(body)
-    received_at = datetime.now(UTC)
-    out = []
-    for event, event_id in zip(events, new_event_ids(len(events))):
-        event["program_id"] = program_id
-        event["event_id"] = event_id
-        event["received_at"] = received_at
-        event["queue_updates"] = True
-        event["process_user_actions"] = True
-        out.append((message_key(program_id, event["user_id"]), encode(event)))
-    return out
+    call = ingest(_GATEWAY, program_id, events, queue_updates=True, process_user_actions=True,
+                  source="actionhub")
+    if runner is None:
+        asyncio.run(call)
+    else:
+        runner.run(call)
+    return _RECORDER.messages
 
 
-def wire_batches(n_events: int, distinct_bodies: int = 20) -> Iterator[list[tuple[bytes, bytes]]]:
-    """``n_events`` canonical events in batches of 1000, each with fresh event ids (unique
-    ids matter: the ReplacingMergeTree would collapse repeats and the count never reach N)."""
+def wire_headers() -> Headers:
+    """The Kafka headers the gateway sets on its messages (as of the last ``wire_batch``)."""
+    if not _RECORDER.messages:
+        wire_batch(api_body(0, n=1))
+    return _RECORDER.headers
+
+
+def event_count(messages: Messages) -> int:
+    return sum(value.count(b"\n") + 1 for _, value in messages)
+
+
+def wire_batches(n_events: int, distinct_bodies: int = 20) -> Iterator[Messages]:
+    """Messages holding exactly ``n_events`` events, 1000 per request, each batch with
+    fresh event ids (the ReplacingMergeTree would collapse repeats: the count never N)."""
     bodies = [api_body(seed) for seed in range(distinct_bodies)]
-    for i in range(0, n_events, BATCH):
-        yield wire_batch(bodies[(i // BATCH) % distinct_bodies])[: n_events - i]
+    with asyncio.Runner() as runner:
+        for i in range(0, n_events, BATCH):
+            left = n_events - i
+            body = bodies[(i // BATCH) % distinct_bodies] if left >= BATCH else api_body(0, n=left)
+            yield wire_batch(body, runner=runner)

@@ -26,6 +26,8 @@ from bench import gateway, producers, report, sink
 from bench.payload import api_body
 from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
+from services.shared.kafka import ensure_topics
+from services.shared.settings import Settings
 
 OUT = Path(__file__).resolve().parent / "out"
 log = Console(stderr=True)
@@ -67,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tansu(work, "gateway", tansu_peaks) as boot:
             body = work / "body.json"
             body.write_bytes(api_body(seed=1))
-            gw = gateway.GatewayProcess(boot, new_topic(boot, "gw"), free_port(), work)
+            topics = Settings(kafka_bootstrap=boot)
+            ensure_topics(topics)  # events, DLQ, assets, user-state: what the gateway follows
+            gw = gateway.GatewayProcess(boot, topics.topic_events, free_port(), work)
             try:
                 gw.wait_ready()
                 log.log(f"2. gateway under hey -c 4 for {args.seconds}s (after 2s warm-up)")
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
     r["producers"] = {"confluent": conf.as_dict(), "aiokafka": aio.as_dict()}
     r["gateway"] = {"full_load": full.as_dict(), "half_load": half.as_dict(),
-                    "events_over_confluent_ceiling": full.events_per_s / conf.per_s}
+                    "events_over_confluent_ceiling": full.events_per_s / conf.events_per_s}
     r["sink"] = sunk.as_dict()
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,

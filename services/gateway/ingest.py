@@ -17,7 +17,7 @@ from typing import Any
 from services.gateway.deps import Gateway
 from services.gateway.errors import UpdateTimeout
 from services.gateway.validate import new_event_ids
-from services.shared.events import encode, message_key
+from services.shared.events import WIRE_HEADER, encode, message_key
 
 # event_id of an event with a client-side id: the same (program, source, client id) always
 # gives the same event_id, so a retried request collapses in ClickHouse instead of doubling.
@@ -50,7 +50,7 @@ async def ingest(
         event["asset_labels"] = asset_labels(event["asset_id"], ()) if event["asset_id"] else ()
         by_user.setdefault(event["user_id"], []).append(encode(event))
     messages = [(message_key(program_id, user), b"\n".join(lines)) for user, lines in by_user.items()]
-    positions = await gateway.publisher.publish(messages)
+    positions = await gateway.publisher.publish(messages, headers=[WIRE_HEADER])
     if not queue_updates and process_user_actions:
         if not await gateway.views.wait_applied(positions, gateway.settings.update_timeout_s):
             raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)

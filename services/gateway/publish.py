@@ -66,7 +66,10 @@ class Publisher:
             self.producer.poll(0.05)
 
     async def publish(
-        self, messages: Sequence[tuple[bytes, bytes]], topic: str | None = None
+        self,
+        messages: Sequence[tuple[bytes, bytes]],
+        topic: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> dict[bytes, tuple[int, int]]:
         """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable.
         Returns where each key's (last) message landed: key -> (partition, offset)."""
@@ -81,7 +84,7 @@ class Publisher:
         while i < len(messages):
             key, value = messages[i]
             try:
-                produce(topic, value, key, on_delivery=delivered)
+                produce(topic, value, key, on_delivery=delivered, headers=headers)
                 i += 1
             except BufferError:
                 # librdkafka's local queue is full: the broker is slow or gone.

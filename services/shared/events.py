@@ -44,6 +44,8 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "update_session": bool,
 }
 
+# Set by the gateway on messages whose every line it validated: the sink trusts those.
+WIRE_HEADER = ("sluice-wire", b"1")
 KEY_SEPARATOR = "\x1f"  # ASCII unit separator: cannot appear in a sane id, never ambiguous
 ENCODE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 

@@ -2,26 +2,34 @@
 
 Promises:
 1. Offsets are committed only after the rows are in ClickHouse (or in the DLQ), so a
-   crash at any point replays at most the uncommitted batch; the ``events`` table is a
+   crash at any point replays at most the uncommitted batches; the ``events`` table is a
    ReplacingMergeTree keyed by event_id, so replayed rows collapse (exactly once for
    readers, who query with FINAL).
 2. A message that is not a canonical event, or that ClickHouse refuses, goes to the DLQ
    with the reason; the partition moves on.
 3. ClickHouse down: the batch is retried with backoff; nothing is committed meanwhile.
 4. ``stop()`` drains: it keeps consuming until the topic is idle, writes, commits, exits.
+
+Two threads, so that consuming batch k+1 overlaps inserting batch k (chDB and the HTTP
+client release the GIL while ClickHouse works): the consumer thread collects batches and
+hands them over one at a time; the writer thread checks, inserts and dead-letters them
+in order, and the consumer thread commits what the writer reports written. Lines produced by the gateway carry the header ``sluice-wire``:
+it validated every event, so they skip the per-row check; lines from any other producer
+are checked one by one.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from services.shared.clickhouse import Store
 from services.shared.assets import decode_asset
-from services.shared.events import InvalidEvent, decode, lines
+from services.shared.clickhouse import Store
+from services.shared.events import WIRE_HEADER, InvalidEvent, decode, lines
 from services.shared.kafka import consumer_config
 from services.shared.settings import Settings
 from services.sink.dlq import DeadLetters
@@ -47,24 +55,33 @@ class Sink:
         self.first_pending_at = 0.0
         self.rows_written = 0
         self._stop = threading.Event()
-        self._flushing = False
+        self._batches: queue.Queue[list[Message] | None] = queue.Queue(maxsize=1)
+        self._written: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_batches, name="sink-writer")
+        self._writer_error: BaseException | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def run(self) -> None:
         """Consume until ``stop()``; then drain, flush and close."""
+        self._writer.start()
         self.consumer.subscribe(list(self.writers), on_revoke=self._on_revoke)
         try:
             while not self._stop.is_set():
+                self._check_writer()
                 self._poll(self._wait_s())
+                self._commit_written()
             self._drain()
         finally:
+            self._batches.put(None)
+            self._writer.join()
             self.consumer.close()
             self.dead_letters.close()
+        self._check_writer()
 
     def stop(self) -> None:
         self._stop.set()
 
-    # -- the loop -----------------------------------------------------------------------
+    # -- the consumer thread ------------------------------------------------------------
     def _wait_s(self) -> float:
         if not self.pending:
             return 0.5
@@ -97,38 +114,60 @@ class Sink:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= self.settings.sink_drain_idle_s:
                 break
-        self.flush()
+        self.flush(wait=True)
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         # Write and commit what we hold before the partitions move to another sink.
-        if not self._flushing:
-            self.flush()
+        self.flush(wait=True)
 
-    # -- one batch ----------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write the pending batch, dead-letter what cannot be stored, then commit."""
-        if not self.pending:
-            return
-        self._flushing = True
-        try:
-            batch = self.pending
-            for topic, writer in self.writers.items():
-                messages = [m for m in batch if m.topic() == topic]
-                if messages:
-                    self._write(topic, writer, messages)
-            self.dead_letters.confirm()
-            self._commit(batch)
-            self.pending = []
-        finally:
-            self._flushing = False
+    def flush(self, wait: bool = False) -> None:
+        """Hand the pending batch to the writer (waits while it still writes the last one);
+        ``wait``: also wait until it is written and committed."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self._batches.put(batch)
+        if wait:
+            self._batches.join()
+            self._check_writer()
+            self._commit_written()
+
+    def _check_writer(self) -> None:
+        if self._writer_error is not None:
+            raise RuntimeError("the sink's writer failed") from self._writer_error
+
+    # -- the writer thread --------------------------------------------------------------
+    def _write_batches(self) -> None:
+        while True:
+            batch = self._batches.get()
+            try:
+                if batch is None:
+                    return
+                if self._writer_error is None:
+                    self.write(batch)
+            except BaseException as exc:  # noqa: BLE001 - reported to the consumer thread
+                log.exception("sink writer failed")
+                self._writer_error = exc
+                self._stop.set()
+            finally:
+                self._batches.task_done()
+
+    def write(self, batch: list[Message]) -> None:
+        """Write one batch, dead-letter what cannot be stored, then commit its offsets."""
+        for topic, writer in self.writers.items():
+            messages = [m for m in batch if m.topic() == topic]
+            if messages:
+                self._write(topic, writer, messages)
+        self.dead_letters.confirm()
+        self._written.put(_next_offsets(batch))
 
     def _write(self, topic: str, writer: RowWriter, messages: list[Message]) -> None:
-        """Check every row, dead-letter the bad ones, insert the rest in one go."""
+        """Check rows (unless the gateway did), dead-letter bad ones, insert the rest."""
         rows: list[bytes] = []
         origin: list[Message] = []
+        is_events = topic == self.settings.topic_events
         for message in messages:
             try:
-                if topic == self.settings.topic_assets:
+                if not is_events:
                     decode_asset(message.value())
                     message_rows = [message.value() or b""]
                 else:
@@ -136,31 +175,49 @@ class Sink:
             except InvalidEvent as exc:
                 self.dead_letters.send(message, str(exc))
                 continue
-            for row in message_rows:
-                if topic == self.settings.topic_events:
+            if is_events and not _from_gateway(message):
+                for row in message_rows:
                     try:
                         decode(row)
                     except InvalidEvent as exc:
                         self.dead_letters.send(message, str(exc), value=row)
                         continue
-                rows.append(row)
-                origin.append(message)
+                    rows.append(row)
+                    origin.append(message)
+            else:
+                rows.extend(message_rows)
+                origin.extend([message] * len(message_rows))
 
         def reject(i: int, reason: str) -> None:
             self.dead_letters.send(origin[i], reason, value=rows[i])
 
         written = writer.write(rows, reject)
-        if topic == self.settings.topic_events:
+        if is_events:
             self.rows_written += written
 
-    def _commit(self, batch: list[Message]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in batch:
-            key = (message.topic() or "", message.partition() or 0)
-            next_offsets[key] = max(next_offsets.get(key, 0), (message.offset() or 0) + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+    def _commit_written(self) -> None:
+        """Commit what the writer has stored (on this thread: librdkafka's commit waits on
+        the consumer's own queue, which a commit from another thread would block on)."""
+        latest: dict[tuple[str, int], TopicPartition] = {}
+        while not self._written.empty():
+            for tp in self._written.get():
+                latest[(tp.topic, tp.partition)] = tp
+        if not latest:
+            return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=list(latest.values()), asynchronous=False)
         except KafkaException as exc:
             # Lost the partitions meanwhile: their new owner replays; the table dedupes.
             log.warning("commit failed, batch will be replayed by the partitions' owner: %s", exc)
+
+
+def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for message in batch:  # offsets grow within a partition: the last one wins
+        last[(message.topic() or "", message.partition() or 0)] = message.offset() or 0
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def _from_gateway(message: Message) -> bool:
+    headers = message.headers()
+    return bool(headers) and any(k == WIRE_HEADER[0] for k, _ in headers)  # type: ignore[union-attr]

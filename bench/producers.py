@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
-from bench.payload import api_body, event_count, wire_batch
+from bench.payload import api_body, event_count, wire_batch, wire_headers
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
 
@@ -64,13 +64,14 @@ def confluent_ceiling(bootstrap: str, topic: str, batches: list[Batch],
         counts["err" if err is not None else "ok"] += 1
 
     produce, poll = producer.produce, producer.poll
+    headers = wire_headers()
     start = time.perf_counter()
     i = 0
     while time.perf_counter() - start < duration_s:
         for key, value in batches[i % len(batches)]:
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=delivered)
+                    produce(topic, value, key, on_delivery=delivered, headers=headers)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     poll(0.005)
@@ -90,12 +91,13 @@ async def _aiokafka(bootstrap: str, topic: str, batches: list[Batch],
         linger_ms=settings.producer_linger_ms, max_batch_size=1_000_000,
     )
     await producer.start()
+    headers = wire_headers()
     ok = err = 0
     try:
         start = time.perf_counter()
         i = 0
         while time.perf_counter() - start < duration_s:
-            futures = [await producer.send(topic, value, key)
+            futures = [await producer.send(topic, value, key, headers=headers)
                        for key, value in batches[i % len(batches)]]
             for result in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(result, BaseException):

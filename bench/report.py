@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from bench.agents import USER_POOL, AgentsResult, FreshnessResult, pct
 from bench.gateway import HeyResult
 from bench.producers import ProducerResult
 from bench.sink import SinkResult
@@ -17,14 +18,18 @@ from bench.sink import SinkResult
 GATEWAY_TARGET = 100_000  # events/s
 P99_TARGET_MS = 100.0  # at half load
 SINK_RATIO_TARGET = 0.8  # sink rows/s over raw insert rows/s
+AGENTS_TARGET = 20_000  # events/s per agents worker
 
 
-def verdicts(full: HeyResult, half: HeyResult, sink: SinkResult) -> dict[str, bool]:
+def verdicts(full: HeyResult, half: HeyResult, sink: SinkResult, mix: AgentsResult,
+             worst: AgentsResult) -> dict[str, bool]:
     return {
         "gateway_events_per_s": full.events_per_s >= GATEWAY_TARGET,
         "gateway_non_200_zero": full.not_ok + half.not_ok == 0,
         "half_load_p99": half.p99_ms < P99_TARGET_MS,
         "sink_over_raw": sink.ratio >= SINK_RATIO_TARGET,
+        "agents_mix_events_per_s": mix.events_per_s >= AGENTS_TARGET,
+        "agents_worst_events_per_s": worst.events_per_s >= AGENTS_TARGET,
     }
 
 
@@ -36,9 +41,24 @@ def _p99(h: HeyResult) -> str:
     return f"{h.p99_ms:.1f} ms" + (" (max: <100 requests)" if h.p99_is_max else "")
 
 
+def _agents(a: AgentsResult) -> str:
+    return f"{a.events_per_s:,.0f} events/s ({a.messages_per_s:,.0f} msg/s)"
+
+
+def _span(a: AgentsResult) -> str:
+    done = f"{a.processed:,} of {a.messages:,} msgs (cap)" if a.timed_out else f"{a.messages:,} msgs"
+    return f"{done} in {a.steady_s:.1f} s after a {a.startup_s:.1f} s start"
+
+
+def _ms(values: list[float]) -> str:
+    p50, p99 = pct(values, 50), pct(values, 99)
+    return " / ".join(f"{x:,.0f}" if x >= 100 else f"{x:.1f}" for x in (p50, p99)) + " ms"
+
+
 def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, full: HeyResult,
-                half: HeyResult, sink: SinkResult) -> Table:
-    v = verdicts(full, half, sink)
+                half: HeyResult, sink: SinkResult, mix: AgentsResult, worst: AgentsResult,
+                fresh: FreshnessResult) -> Table:
+    v = verdicts(full, half, sink, mix, worst)
     mem = r["peak_rss_mib"]
     share = r["foreign_cpu_s"] / (r["total_s"] * (r["machine"]["cpus"] or 1))
     quiet = "" if share < 0.05 else (
@@ -48,7 +68,13 @@ def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, fu
               caption=f"total runtime {r['total_s']:.0f} s on {r['machine']['cpus']} CPUs; {quiet}"
               "* aiokafka's idempotent producer fails on Tansu (InitProducerId), so it runs "
               "with enable_idempotence=False. Sink rate: first to last full batch "
-              f"(group join + first batch took {sink.sink_first_rows_s:.1f} s).")
+              f"(group join + first batch took {sink.sink_first_rows_s:.1f} s). Agents: one "
+              "worker from the first batch its /stats shows to the last message, at most "
+              f"{r['agents_limit_s']:.0f} s (6a: {_span(mix)}; 6b: {_span(worst)}); users drawn "
+              f"from a pool of {USER_POOL:,}. Freshness: open loop, a POST every "
+              f"~{fresh.interval_ms:.0f} ms (jittered), label weights polled every 2 ms; on "
+              "Tansu a fetch of Faust's (fetch_max_wait_ms=1500) is not answered when data "
+              "arrives, so an update waits out the worker's current fetch (~750 ms cycle).")
     for name, justify in (("measurement", "left"), ("figure", "right"), ("ratio", "right"),
                           ("target", "right"), ("", "center")):
         t.add_column(name, justify=justify, no_wrap=name == "measurement")  # type: ignore[arg-type]
@@ -77,9 +103,30 @@ def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, fu
     t.add_row("4  raw chDB insert, same rows, 50k-row chunks",
               f"{sink.raw_rows_per_s:,.0f} rows/s", "1.00", "", "")
     t.add_row("5  peak RSS gateway process (during 2)", f"{mem['gateway']:,.0f} MiB", "", "", "")
-    t.add_row("5  peak RSS Tansu (in-memory log, max of 3 runs)",
+    t.add_row(f"5  peak RSS Tansu (in-memory log, max of {len(mem['tansu'])} runs)",
               f"{max(mem['tansu'].values()):,.0f} MiB", "", "", "")
     t.add_row("5  peak RSS bench process during 4 (incl. chDB)",
               f"{mem['bench_sink']:,.0f} MiB", "", "", "")
+    t.add_row(f"6a agents, 1 worker, {mix.users_per_request} users x "
+              f"{mix.events_per_message:.0f} events/request", _agents(mix),
+              f"{mix.events_per_s / full.events_per_s:.2f} x 2", f">= {AGENTS_TARGET:,}",
+              _mark(v["agents_mix_events_per_s"]))
+    t.add_row(f"6b agents, 1 worker, {worst.users_per_request} users x "
+              f"{worst.events_per_message:.0f} event (worst)", _agents(worst),
+              f"{worst.events_per_s / mix.events_per_s:.2f} x 6a", f">= {AGENTS_TARGET:,}",
+              _mark(v["agents_worst_events_per_s"]))
+    t.add_row("6  agents users written/s (6a / 6b)",
+              f"{mix.users_written_per_s:,.0f} / {worst.users_written_per_s:,.0f}", "", "", "")
+    t.add_row("6  peak RSS agents worker (6a / 6b)",
+              f"{mix.peak_rss_mib:,.0f} / {worst.peak_rss_mib:,.0f} MiB", "", "", "")
+    t.add_row("7  freshness 200 -> weights updated p50 / p99", _ms(fresh.fresh_ms),
+              f"n={len(fresh.fresh_ms)}", "", "")
+    t.add_row(f"7  ack, queue_updates=true p50 / p99 ({fresh.events_per_post} events)",
+              _ms(fresh.true_ack_ms), "", "", "")
+    t.add_row("7  ack, queue_updates=false p50 / p99 (waits state)", _ms(fresh.sync_ack_ms),
+              f"n={len(fresh.sync_ack_ms)}" + (f", {len(fresh.errors)} errors" if fresh.errors else ""),
+              "", "")
+    t.add_row("7  peak RSS gateway / agents worker (during 7)",
+              f"{mem['freshness_gateway']:,.0f} / {mem['freshness_agents']:,.0f} MiB", "", "", "")
     r["targets"] = v
     return t

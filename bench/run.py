@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import gateway, producers, report, sink
+from bench import agents, gateway, producers, report, sink
 from bench.payload import api_body
 from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10, help="length of each timed load")
     ap.add_argument("--sink-events", type=int, default=500_000)
+    ap.add_argument("--agents-events", type=int, default=300_000,
+                    help="events pre-filled for each agents throughput run (capped at --seconds)")
+    ap.add_argument("--fresh-posts", type=int, default=200,
+                    help="10-event POSTs for freshness, and as many for queue_updates=false")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     cpu_before = cpu_seconds_by_pid()
@@ -89,16 +93,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tansu(work, "sink", tansu_peaks) as boot:
             log.log(f"4. sink: prefill + raw insert of {args.sink_events:,} events, then the sink")
             sunk = sink.run_sink_bench(boot, work, args.sink_events)
+        agent_runs = {}
+        for users in (agents.MIX_USERS, agents.WORST_USERS):
+            with tansu(work, f"agents-{users}u", tansu_peaks) as boot:
+                log.log(f"6. agents: one worker on {args.agents_events:,} pre-filled events, "
+                        f"{users} users per request (at most {args.seconds}s)")
+                agent_runs[users] = agents.run_throughput(boot, work, args.agents_events, users,
+                                                          limit_s=args.seconds)
+        with tansu(work, "freshness", tansu_peaks) as boot:
+            log.log(f"7. freshness: gateway + one agents worker, {args.fresh_posts} POSTs "
+                    "queue_updates=true, then as many queue_updates=false")
+            fresh, fresh_gw_peak, fresh_agents_peak = agents.run_freshness(
+                boot, work, args.fresh_posts)
+        mix, worst = agent_runs[agents.MIX_USERS], agent_runs[agents.WORST_USERS]
     r["total_s"] = time.perf_counter() - started
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
     r["producers"] = {"confluent": conf.as_dict(), "aiokafka": aio.as_dict()}
     r["gateway"] = {"full_load": full.as_dict(), "half_load": half.as_dict(),
                     "events_over_confluent_ceiling": full.events_per_s / conf.events_per_s}
     r["sink"] = sunk.as_dict()
+    r["agents_limit_s"] = args.seconds
+    r["agents"] = {"mix": mix.as_dict(), "worst": worst.as_dict(), "user_pool": agents.USER_POOL,
+                   "target_events_per_s": report.AGENTS_TARGET}
+    r["freshness"] = fresh.as_dict()
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,
-                         "bench_sink_note": "bench process (sink thread + its Store) incl. chDB"}
-    table = report.build_table(r, conf, aio, full, half, sunk)
+                         "bench_sink_note": "bench process (sink thread + its Store) incl. chDB",
+                         "agents_mix": mix.peak_rss_mib, "agents_worst": worst.peak_rss_mib,
+                         "freshness_gateway": fresh_gw_peak, "freshness_agents": fresh_agents_peak}
+    table = report.build_table(r, conf, aio, full, half, sunk, mix, worst, fresh)
     Console(width=max(Console().width, 132)).print(table)
     if full.sample_failure:
         log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")

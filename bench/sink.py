@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from bench.payload import event_count, wire_batches
+from bench.payload import event_count, wire_batches, wire_headers
 from bench.procs import peak_rss_mib, reset_peak_rss
 from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics, producer_config
@@ -78,6 +78,7 @@ def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[fl
     N rows and nothing else runs while an insert is timed."""
     _create_raw_table(store)
     producer = Producer(producer_config(settings))
+    headers = wire_headers()  # the gateway's: the sink trusts such lines
     chunk: list[tuple[bytes, bytes]] = []
     insert_s = produce_s = 0.0
 
@@ -86,7 +87,7 @@ def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[fl
         for key, value in chunk:
             while True:
                 try:
-                    producer.produce(settings.topic_events, value, key)
+                    producer.produce(settings.topic_events, value, key, headers=headers)
                     break
                 except BufferError:
                     producer.poll(0.005)

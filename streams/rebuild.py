@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
 from confluent_kafka import Consumer, Producer, TopicPartition
 from rich.progress import Progress
 

@@ -6,6 +6,7 @@ Built once per process (``Settings()``) and passed down, so tests build their ow
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,17 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503.")
     producer_linger_ms: float = 2.0
+    keys_file: Path | None = Field(
+        None, description="API keys (JSON, mode 0600; `sluice keys create`). Unset: no auth."
+    )
+    auth: Literal["auto", "off"] = Field(
+        "auto", description="auto: enforce API keys when keys_file is set (and refuse to bind a "
+        "non-loopback host without one); off: never check keys."
+    )
+    personalize_label_property: str = Field(
+        "CATEGORY", description="Personalize PutItems: the categorical item property (values "
+        "separated by |) that becomes the asset's labels."
+    )
 
     # --- Sink --------------------------------------------------------------------------
     sink_group: str = "sluice-sink"
@@ -66,6 +78,9 @@ class Settings(BaseSettings):
     agents_web_port: int = 6066
     agents_batch_max: int = Field(10_000, description="Messages per agent batch...")
     agents_batch_seconds: float = Field(0.05, description="...or what arrived within this.")
+    agents_fetch_max_wait_ms: int = Field(
+        50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."
+    )
     half_life_s: float = Field(7 * 86400.0, description="Label weights halve every half-life.")
     event_type_amounts: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {

@@ -28,9 +28,13 @@ from streams.config import ModelConfigs
 from streams.model import apply_event
 from streams.records import UserRecord
 
+# Every stored action; Personalize PutUsers rows carry user metadata, not actions.
+ACTIONS = (
+    "FROM events FINAL WHERE NOT (source = 'personalize' AND event_type = 'user_properties')"
+)
 EVENTS_BY_USER = (
     "SELECT program_id, user_id, toUnixTimestamp64Micro(event_timestamp) AS ts, event_type, "
-    "labels, asset_labels, asset_id FROM events FINAL ORDER BY program_id, user_id"
+    f"labels, asset_labels, asset_id {ACTIONS} ORDER BY program_id, user_id"
 )
 LIVE_ASSETS = (
     "SELECT program_id, asset_id, labels, attributes, updated_at FROM assets FINAL "
@@ -54,7 +58,7 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
             _produce(producer, settings.topic_assets,
                      asset_key(asset["program_id"], asset["asset_id"]), encode_asset(record))
             result.assets += 1
-        total = int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
+        total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
         task = progress.add_task("rebuilding user state from ClickHouse", total=total)
         resume_at = _agents_positions(settings)
         config_for = ModelConfigs(settings)

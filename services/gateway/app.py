@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from services.gateway import errors
+from services.gateway import auth, errors
 from services.gateway.deps import Gateway
+from services.gateway.dialects import crowdpower, personalize, retail, userflux
 from services.gateway.publish import Publisher
-from services.gateway.routes import assets, events, health, users
+from services.gateway.routes import assets, events, health, profiles, users
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
@@ -26,6 +27,14 @@ TAGS = [
     {"name": "Assets", "description": "The asset catalog: labels managed apart from events."},
     {"name": "Users", "description": "Real-time user state: label weights, recommendations."},
     {"name": "Operations", "description": "Health and readiness."},
+    {"name": "Amazon Personalize", "description": "PutEvents, PutItems, PutUsers as the AWS "
+     "SDKs send them (endpoint_url = <gateway>/compat/personalize), signed with SigV4 keys."},
+    {"name": "Retail", "description": "Retail typed events (`EventSale`, `EventProductViewed`, "
+     "...): one or up to 100 per POST, under /compat/retail."},
+    {"name": "UserFlux", "description": "UserFlux's Events API (`/event/ingest`, batch of up "
+     "to 50), under /compat/userflux."},
+    {"name": "CrowdPower", "description": "CrowdPower's customer events (single, bulk of up to "
+     "100) and the user's session, under /compat/crowdpower."},
 ]
 
 
@@ -41,6 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             publisher=Publisher(settings),
             store=Store(settings) if own_store else store,
             views=Views(settings).start(),
+            keys=auth.keyring_for(settings),
         )
         app.state.gateway = gw
         try:
@@ -62,6 +72,11 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(assets.router)
     app.include_router(users.router)
     app.include_router(health.router)
+    app.include_router(personalize.router)
+    app.include_router(profiles.router)
+    app.include_router(retail.router)
+    app.include_router(userflux.router)
+    app.include_router(crowdpower.router)
     errors.install(app, settings.retry_after_s)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

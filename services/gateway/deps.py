@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from services.gateway.errors import StoreUnavailable
+from services.gateway.keys import KeyRing
 from services.gateway.popularity import Popularities
 from services.gateway.publish import Publisher
 from services.gateway.views import Views
@@ -24,6 +25,7 @@ class Gateway:
     publisher: Publisher
     store: Store | None  # None: embedded ClickHouse owned by another process
     views: Views
+    keys: KeyRing | None = None  # None: open (no keys file, or SLUICE_AUTH=off)
     popularity: Popularities = field(init=False)
     model_configs: ModelConfigs = field(init=False)
 

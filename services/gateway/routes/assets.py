@@ -17,6 +17,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from fastapi.exceptions import RequestValidationError
 
+from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
 from services.gateway.validate import Id, Label, errors_of
@@ -80,7 +81,8 @@ async def _publish(gateway: GatewayDep, records: list[dict[str, Any]]) -> None:
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/AssetList"}}}}},
 )
-async def put_assets(request: Request, gateway: GatewayDep, program_id: ProgramId) -> dict[str, str]:
+async def put_assets(_auth: WriteKey, request: Request, gateway: GatewayDep,
+                     program_id: ProgramId) -> dict[str, str]:
     body = await read_json_body(request, gateway.settings.max_body_bytes)
     try:
         assets = ASSET_LIST.validate_json(body)["assets"]
@@ -95,7 +97,8 @@ async def put_assets(request: Request, gateway: GatewayDep, program_id: ProgramI
 
 
 @router.get("/assets/{asset_id}", summary="Read one asset")
-async def get_asset(asset_id: AssetIdPath, gateway: GatewayDep, program_id: ProgramId) -> dict[str, Any]:
+async def get_asset(_auth: ReadKey, asset_id: AssetIdPath, gateway: GatewayDep,
+                    program_id: ProgramId) -> dict[str, Any]:
     record = gateway.views.asset(program_id, asset_id)
     if record is None:
         raise HTTPException(404, f"no asset {asset_id!r} in program {program_id!r}")
@@ -103,7 +106,8 @@ async def get_asset(asset_id: AssetIdPath, gateway: GatewayDep, program_id: Prog
 
 
 @router.delete("/assets/{asset_id}", summary="Delete one asset")
-async def delete_asset(asset_id: AssetIdPath, gateway: GatewayDep, program_id: ProgramId) -> dict[str, str]:
+async def delete_asset(_auth: WriteKey, asset_id: AssetIdPath, gateway: GatewayDep,
+                       program_id: ProgramId) -> dict[str, str]:
     if gateway.views.asset(program_id, asset_id) is None:
         raise HTTPException(404, f"no asset {asset_id!r} in program {program_id!r}")
     await _publish(gateway, [_record(program_id, asset_id, [], {}, deleted=True)])

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import read_json_body
 from services.gateway.ingest import ingest
 from services.gateway.deps import GatewayDep, ProgramId, require_store
@@ -77,6 +78,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=ERROR_RESPONSES,
 )
 async def post_events(
+    _auth: WriteKey,
     request: Request,
     gateway: GatewayDep,
     program_id: ProgramId,
@@ -106,6 +108,7 @@ async def post_events(
     responses={503: {"description": "ClickHouse unavailable to this process"}},
 )
 async def get_events(
+    _auth: ReadKey,
     gateway: GatewayDep,
     program_id: ProgramId,
     user_id: Annotated[str, Query(min_length=1, max_length=512)],

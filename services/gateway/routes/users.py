@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
+from services.gateway.auth import ReadKey
 from services.gateway.deps import GatewayDep, ProgramId
 from services.shared.events import message_key
 from streams.model import UserState, label_weights, recommend
@@ -46,7 +47,7 @@ class Recommendations(BaseModel):
 
 @router.get("/users/{user_id}/label-weights", response_model=LabelWeights,
             summary="A user's label weights, highest first")
-async def get_label_weights(user_id: UserIdPath, gateway: GatewayDep,
+async def get_label_weights(_auth: ReadKey, user_id: UserIdPath, gateway: GatewayDep,
                             program_id: ProgramId) -> dict[str, Any]:
     record = gateway.views.user(message_key(program_id, user_id))
     state = record.state if record else UserState()
@@ -61,6 +62,7 @@ async def get_label_weights(user_id: UserIdPath, gateway: GatewayDep,
 @router.get("/users/{user_id}/recommendations", response_model=Recommendations,
             summary="A user's top assets (cold start: the program's most popular)")
 async def get_recommendations(
+    _auth: ReadKey,
     user_id: UserIdPath,
     gateway: GatewayDep,
     program_id: ProgramId,

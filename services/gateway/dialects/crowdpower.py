@@ -1,0 +1,273 @@
+"""CrowdPower's customer events: ``POST /compat/crowdpower/events`` and ``.../events/bulk``,
+and ``GET /compat/crowdpower/users/{user_id}`` (the user's session, as the agents keep it).
+
+In: one event ``{user_id | email, action, properties, created_at, update_session}``
+(``created_at`` epoch seconds, default the time of receipt; ``update_session`` default
+true), or ``{user_id | email, events: [{action, properties, created_at, update_session}]}``
+with 1 to 100 events (CrowdPower documents no limit: ours, the retail vendor's figure).
+Optional fields may be null; unknown fields are ignored.
+
+Mapping: user_id = ``user_id``, or the ``email`` when there is no user_id (CrowdPower
+identifies a customer by either); ``email`` is stored as email; event_type = ``action``;
+asset_id = "" (CrowdPower events name no item); properties -> JSON text;
+``update_session`` -> canonical update_session: the agents count the event as session
+activity, which ``GET .../users/{user_id}`` (and ``GET /users/{user_id}``) shows.
+Auth: ``Authorization: Bearer`` key, scope write for events, read for users.
+
+Out: CrowdPower's envelope. 200 ``{"success": true, "code": 200, "data": null}`` once the
+broker holds every event. Failures keep it: ``{"success": false, "code": <HTTP status>,
+"data": null, "message": "..."}``; 422 (invalid) has ``data: {"errors": [{"field",
+"message"}]}``. 401/403 key, 413 body too large, 503 + Retry-After broker unavailable
+(nothing accepted), 504 user state late (events durable: do not resend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, NotRequired
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import (
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+from services.gateway.auth import AuthError, check_bearer
+from services.gateway.body import read_json_body
+from services.gateway.deps import GatewayDep, ProgramId
+from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.ingest import ingest
+from services.gateway.publish import BrokerUnavailable
+from services.gateway.routes.profiles import profile
+from services.gateway.validate import Id
+
+SOURCE = "crowdpower"
+MAX_BULK = 100
+
+Email = Annotated[str, StringConstraints(min_length=3, max_length=512, pattern=r"^[^@\s]+@[^@\s]+$")]
+# Epoch seconds of years 1900..2299, what ClickHouse DateTime64 can hold.
+EpochSeconds = Annotated[
+    float, Strict(), Field(ge=-2_208_988_800, lt=10_413_792_000, allow_inf_nan=False,
+                           description="When the event happened, UNIX seconds")
+]
+StrictBool = Annotated[bool, Strict()]
+
+
+@with_config(ConfigDict(extra="ignore", title="CrowdPowerBulkEvent"))
+class BulkEvent(TypedDict):
+    action: Id
+    properties: NotRequired[dict[str, Any] | None]
+    created_at: NotRequired[EpochSeconds | None]
+    update_session: NotRequired[StrictBool | None]
+
+
+@with_config(ConfigDict(extra="ignore", title="CrowdPowerEvent"))
+class CustomerEvent(BulkEvent):
+    user_id: NotRequired[Id | None]
+    email: NotRequired[Email | None]
+
+
+@with_config(ConfigDict(extra="ignore", title="CrowdPowerBulk"))
+class Bulk(TypedDict):
+    user_id: NotRequired[Id | None]
+    email: NotRequired[Email | None]
+    events: Annotated[list[BulkEvent], Field(min_length=1, max_length=MAX_BULK)]
+
+
+ONE = TypeAdapter(CustomerEvent)
+BULK = TypeAdapter(Bulk)
+
+
+class CrowdPowerError(Exception):
+    def __init__(self, status: int, message: str, errors: list[dict[str, str]] | None = None):
+        self.status, self.message, self.errors = status, message, errors
+
+
+def _field(loc: Any) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _invalid(errors: list[dict[str, str]]) -> CrowdPowerError:
+    return CrowdPowerError(422, "; ".join(f"{e['field']}: {e['message']}" if e["field"]
+                                          else e["message"] for e in errors), errors)
+
+
+def _validate(adapter: TypeAdapter[Any], body: bytes) -> dict[str, Any]:
+    try:
+        parsed: dict[str, Any] = adapter.validate_json(body)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"]
+            if err["type"] in ("too_long", "too_short") and err["loc"] == ("events",):
+                msg = f"a bulk request holds 1 to {MAX_BULK} events, not {err['ctx']['actual_length']}"
+            errors.append({"field": _field(err["loc"]), "message": msg})
+        raise _invalid(errors) from None
+    if not (parsed.get("user_id") or parsed.get("email")):
+        raise _invalid([{"field": "user_id", "message": "user_id or email is required"}])
+    return parsed
+
+
+def _json_text(obj: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
+        import json
+
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(user_id: str | None, email: str | None, event: BulkEvent,
+              now: datetime) -> dict[str, Any]:
+    seconds = event.get("created_at")
+    update_session = event.get("update_session")
+    return {
+        "user_id": user_id or email,
+        "email": email or "",
+        "event_timestamp": now if seconds is None else datetime.fromtimestamp(seconds, UTC),
+        "event_type": event["action"],
+        "asset_id": "",
+        "labels": [],
+        "properties": _json_text(event.get("properties") or {}),
+        "update_session": True if update_session is None else update_session,
+    }
+
+
+# -- HTTP ------------------------------------------------------------------------------
+def _envelope(status: int, message: str | None = None, data: Any = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"success": status == 200, "code": status, "data": data}
+    if message is not None:
+        body["message"] = message
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class CrowdPowerRoute(APIRoute):
+    """Every failure of a CrowdPower route -> its envelope with success false."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except CrowdPowerError as exc:
+                data = {"errors": exc.errors} if exc.errors is not None else None
+                return _envelope(exc.status, exc.message, data)
+            except RequestValidationError as exc:  # header, path, content type
+                err = _invalid([{"field": _field(e["loc"]), "message": e["msg"]}
+                                for e in exc.errors()])
+                return _envelope(422, err.message, {"errors": err.errors})
+            except AuthError as exc:
+                return _envelope(exc.status, exc.message)
+            except PayloadTooLarge as exc:
+                return _envelope(413, f"request body larger than {exc.limit} bytes")
+            except BrokerUnavailable as exc:
+                retry = str(request.app.state.gateway.settings.retry_after_s)
+                return _envelope(503, f"events not accepted, retry later: {exc}",
+                                 headers={"Retry-After": retry})
+            except UpdateTimeout as exc:
+                return _envelope(504, f"the {exc.events} events are accepted and durable, but "
+                                 f"user state was not updated within {exc.timeout_s}s; do not "
+                                 "resend")
+
+        return route
+
+
+router = APIRouter(prefix="/compat/crowdpower", tags=["CrowdPower"], route_class=CrowdPowerRoute)
+
+
+# Credentials are checked before anything else is validated (as services.gateway.auth
+# does for every route): a dependency, so it runs before FastAPI checks headers and query.
+_BEARER = HTTPBearer(  # the same scheme as services.gateway.auth's, for /docs
+    auto_error=False, scheme_name="APIKey",
+    description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
+    "required when the gateway runs with SLUICE_KEYS_FILE.",
+)
+
+
+def _key(scope: Literal["write", "read"]) -> Any:
+    async def require_key(
+        request: Request, gateway: GatewayDep,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        check_bearer(gateway, request.headers.get("authorization"),
+                     request.headers.get("program-id") or None, scope)
+
+    return require_key
+
+
+WriteKey = Annotated[None, Depends(_key("write"))]
+ReadKey = Annotated[None, Depends(_key("read"))]
+_OK = b'{"success":true,"code":200,"data":null}'
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "`{success: true, code: 200, data: null}`"},
+    **{code: {"description": "`{success: false, code, data, message}`"}
+       for code in (401, 403, 413, 422, 503, 504)},
+}
+
+
+def _schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    schema = adapter.json_schema()
+    defs = schema.pop("$defs", {})
+    if defs:  # the bulk body: inline its one nested definition
+        schema["properties"]["events"]["items"] = next(iter(defs.values()))
+    return schema
+
+
+async def _accept(request: Request, gateway: GatewayDep, program_id: str,
+                  adapter: TypeAdapter[Any]) -> Response:
+    parsed = _validate(adapter, await read_json_body(request, gateway.settings.max_body_bytes))
+    now = datetime.now(UTC)
+    user_id, email = parsed.get("user_id"), parsed.get("email")
+    events = [canonical(user_id, email, e, now) for e in parsed.get("events", [parsed])]
+    await ingest(gateway, program_id, events, queue_updates=gateway.settings.queue_updates_default,
+                 process_user_actions=True, source=SOURCE)
+    return Response(_OK, media_type="application/json")
+
+
+@router.post(
+    "/events", summary="Create customer event",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _schema(ONE)}}}},
+    responses=_RESPONSES, response_class=Response,
+)
+async def create_event(_auth: WriteKey, request: Request, gateway: GatewayDep,
+                       program_id: ProgramId) -> Response:
+    return await _accept(request, gateway, program_id, ONE)
+
+
+@router.post(
+    "/events/bulk", summary="Create multiple customer events",
+    description=f"1 to {MAX_BULK} events of one customer.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _schema(BULK)}}}},
+    responses=_RESPONSES, response_class=Response,
+)
+async def create_events(_auth: WriteKey, request: Request, gateway: GatewayDep,
+                        program_id: ProgramId) -> Response:
+    return await _accept(request, gateway, program_id, BULK)
+
+
+@router.get(
+    "/users/{user_id}", summary="A customer's session",
+    description="`data`: the user's events counted and session (`last_seen`, "
+    "`session_started`: epoch seconds of event times; `sessions`), from the agents' state. "
+    "An unknown user has 0 and nulls.",
+    responses=_RESPONSES,
+)
+async def get_user(_auth: ReadKey, gateway: GatewayDep, program_id: ProgramId,
+                   user_id: Annotated[str, Path(min_length=1, max_length=512)]) -> Response:
+    return _envelope(200, data=profile(gateway, program_id, user_id))

@@ -1,0 +1,255 @@
+"""UserFlux's Events API: ``POST /compat/userflux/event/ingest`` and ``.../ingest/batch``.
+
+In: an ``IngestEventRequest`` (``userId``, ``anonymousId``: at least one; ``name``;
+``timestamp`` epoch milliseconds, default the time of receipt; ``properties`` object),
+or ``{"events": [...]}`` with 1 to 50 of them (UserFlux's batch limit). Optional fields
+may be null, as UserFlux's SDKs send an anonymous user's ``userId``; unknown fields are
+ignored. Query ``locationEnrichment`` (boolean) is accepted and stored with each event
+as the property ``"$locationEnrichment"`` (only when given; it overrides a property of
+that name); Sluice does no enrichment itself.
+
+Mapping: user_id = ``userId``, or ``anonymousId`` when there is no userId (so an
+anonymous visitor has state of its own); anonymous_id = ``anonymousId``; event_type =
+``name``; asset_id = "" (UserFlux events name no item); properties -> JSON text.
+Auth: UserFlux's write-only key as ``Authorization: Bearer``, scope write.
+
+Out: 204, no body, once the broker holds every event. Failures (UserFlux documents
+none, so in the common JSON error shape of JS APIs):
+``{"statusCode": N, "error": "<reason phrase>", "message": "...", "details": [...]}``
+(``details`` only for 400: ``[{"path": "events.3.name", "message": "..."}]``).
+400 invalid, 401/403 key, 413 body too large, 503 + Retry-After broker unavailable
+(nothing accepted), 504 user state late (events durable: do not resend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Annotated, Any, Literal, NotRequired
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
+
+from services.gateway.auth import AuthError, check_bearer
+from services.gateway.body import read_json_body
+from services.gateway.deps import GatewayDep, ProgramId
+from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.ingest import ingest
+from services.gateway.publish import BrokerUnavailable
+from services.gateway.validate import Id
+
+SOURCE = "userflux"
+MAX_BATCH = 50  # "The Batch endpoint accepts up to 50 events per request"
+LOCATION_PROPERTY = "$locationEnrichment"
+
+# Epoch milliseconds of years 1900..2299, what ClickHouse DateTime64 can hold.
+EpochMillis = Annotated[
+    float, Strict(), Field(ge=-2_208_988_800_000, lt=10_413_792_000_000, allow_inf_nan=False,
+                           description="When the event occurred, epoch milliseconds")
+]
+
+
+@with_config(ConfigDict(extra="ignore", title="IngestEventRequest"))
+class IngestEvent(TypedDict):
+    userId: NotRequired[Id | None]
+    anonymousId: NotRequired[Id | None]
+    name: Id
+    timestamp: NotRequired[EpochMillis | None]
+    properties: NotRequired[dict[str, Any] | None]
+
+
+@with_config(ConfigDict(extra="ignore", title="IngestEventBatch"))
+class IngestBatch(TypedDict):
+    events: Annotated[list[IngestEvent], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+ONE = TypeAdapter(IngestEvent)
+BATCH = TypeAdapter(IngestBatch)
+
+
+class UserFluxError(Exception):
+    def __init__(self, status: int, message: str, details: list[dict[str, str]] | None = None):
+        self.status, self.message, self.details = status, message, details
+
+
+def _path(loc: Any) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _invalid(details: list[dict[str, str]]) -> UserFluxError:
+    return UserFluxError(400, "; ".join(f"{d['path']}: {d['message']}" if d["path"]
+                                        else d["message"] for d in details), details)
+
+
+def parse(adapter: TypeAdapter[Any], body: bytes, prefix: list[Any]) -> list[IngestEvent]:
+    try:
+        parsed = adapter.validate_json(body)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors(include_url=False, include_input=False):
+            msg = err["msg"]
+            if err["type"] in ("too_long", "too_short") and err["loc"] == ("events",):
+                msg = f"a batch holds 1 to {MAX_BATCH} events, not {err['ctx']['actual_length']}"
+            details.append({"path": _path(err["loc"]), "message": msg})
+        raise _invalid(details) from None
+    events: list[IngestEvent] = parsed["events"] if prefix else [parsed]
+    missing = [{"path": _path([*prefix, i, "userId"] if prefix else ["userId"]),
+                "message": "userId or anonymousId is required"}
+               for i, e in enumerate(events) if not (e.get("userId") or e.get("anonymousId"))]
+    if missing:
+        raise _invalid(missing)
+    return events
+
+
+def _json_text(obj: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
+        import json
+
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(event: IngestEvent, now: datetime, location: bool | None) -> dict[str, Any]:
+    millis = event.get("timestamp")
+    properties = dict(event.get("properties") or {})
+    if location is not None:
+        properties[LOCATION_PROPERTY] = location
+    anonymous = event.get("anonymousId") or ""
+    return {
+        "user_id": event.get("userId") or anonymous,
+        "anonymous_id": anonymous,
+        "event_timestamp": now if millis is None else datetime.fromtimestamp(millis / 1000, UTC),
+        "event_type": event["name"],
+        "asset_id": "",
+        "labels": [],
+        "properties": _json_text(properties),
+    }
+
+
+# -- HTTP ------------------------------------------------------------------------------
+def _error(status: int, message: str, headers: dict[str, str] | None = None,
+           details: list[dict[str, str]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"statusCode": status, "error": HTTPStatus(status).phrase,
+                            "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class UserFluxRoute(APIRoute):
+    """Every failure of a UserFlux route -> UserFlux's error shape (never FastAPI's)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except UserFluxError as exc:
+                return _error(exc.status, exc.message, details=exc.details)
+            except RequestValidationError as exc:  # header, query, content type
+                exc2 = _invalid([{"path": _path(e["loc"]), "message": e["msg"]}
+                                 for e in exc.errors()])
+                return _error(400, exc2.message, details=exc2.details)
+            except AuthError as exc:
+                return _error(exc.status, exc.message)
+            except PayloadTooLarge as exc:
+                return _error(413, f"request body larger than {exc.limit} bytes")
+            except BrokerUnavailable as exc:
+                retry = str(request.app.state.gateway.settings.retry_after_s)
+                return _error(503, f"events not accepted, retry later: {exc}",
+                              headers={"Retry-After": retry})
+            except UpdateTimeout as exc:
+                return _error(504, f"the {exc.events} events are accepted and durable, but user "
+                              f"state was not updated within {exc.timeout_s}s; do not resend")
+
+        return route
+
+
+router = APIRouter(prefix="/compat/userflux", tags=["UserFlux"], route_class=UserFluxRoute)
+
+
+# Credentials are checked before anything else is validated (as services.gateway.auth
+# does for every route): a dependency, so it runs before FastAPI checks headers and query.
+_BEARER = HTTPBearer(  # the same scheme as services.gateway.auth's, for /docs
+    auto_error=False, scheme_name="APIKey",
+    description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
+    "required when the gateway runs with SLUICE_KEYS_FILE.",
+)
+
+
+def _key(scope: Literal["write", "read"]) -> Any:
+    async def require_key(
+        request: Request, gateway: GatewayDep,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        check_bearer(gateway, request.headers.get("authorization"),
+                     request.headers.get("program-id") or None, scope)
+
+    return require_key
+
+
+WriteKey = Annotated[None, Depends(_key("write"))]
+
+LocationEnrichment = Annotated[
+    bool | None,
+    Query(alias="locationEnrichment",
+          description=f"Stored with each event as the property `{LOCATION_PROPERTY}`"),
+]
+
+
+def _schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    schema = adapter.json_schema()
+    defs = schema.pop("$defs", {})
+    if defs:  # the batch: inline its one nested definition (OpenAPI resolves refs elsewhere)
+        schema["properties"]["events"]["items"] = next(iter(defs.values()))
+    return schema
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Accepted: the broker holds every event"},
+    **{code: {"description": "`{statusCode, error, message}` (400 adds `details`)"}
+       for code in (400, 401, 403, 413, 503, 504)},
+}
+
+
+async def _accept(request: Request, gateway: GatewayDep, program_id: str,
+                  location: bool | None, batch: bool) -> Response:
+    body = await read_json_body(request, gateway.settings.max_body_bytes)
+    events = parse(BATCH, body, ["events"]) if batch else parse(ONE, body, [])
+    now = datetime.now(UTC)
+    await ingest(gateway, program_id, [canonical(e, now, location) for e in events],
+                 queue_updates=gateway.settings.queue_updates_default,
+                 process_user_actions=True, source=SOURCE)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/event/ingest", status_code=204, summary="Ingest a new user event",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _schema(ONE)}}}},
+    responses=_RESPONSES, response_class=Response,
+)
+async def ingest_event(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,
+                       location: LocationEnrichment = None) -> Response:
+    return await _accept(request, gateway, program_id, location, batch=False)
+
+
+@router.post(
+    "/event/ingest/batch", status_code=204, summary="Ingest a batch of user events",
+    description=f"1 to {MAX_BATCH} events.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _schema(BATCH)}}}},
+    responses=_RESPONSES, response_class=Response,
+)
+async def ingest_batch(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,
+                       location: LocationEnrichment = None) -> Response:
+    return await _accept(request, gateway, program_id, location, batch=True)

@@ -59,7 +59,8 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
                      asset_key(asset["program_id"], asset["asset_id"]), encode_asset(record))
             result.assets += 1
         total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
-        task = progress.add_task("rebuilding user state from ClickHouse", total=total)
+        task = progress.add_task("rebuilding user state from ClickHouse", total=total,
+                                 visible=total > 0)
         resume_at = _agents_positions(settings)
         config_for = ModelConfigs(settings)
         for record in _users(store, config_for, lambda n: progress.advance(task, n)):

@@ -33,6 +33,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         # answers 503 before that anyway, so nothing is acknowledged that is not durable.
         "message.timeout.ms": int(settings.publish_timeout_s * 1000) + 1000,
         "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+        "log.connection.close": False,  # idle broker disconnects are routine, not news
     }
 
 
@@ -47,6 +48,7 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "enable.partition.eof": False,
+        "log.connection.close": False,
     }
 
 

@@ -39,9 +39,11 @@ def gateway(workers: int = typer.Option(1, help="uvicorn worker processes")) -> 
     import uvicorn
 
     from services.gateway.auth import check_auth_config
+    from services.shared.kafka import ensure_topics
 
     settings = _settings()
     check_auth_config(settings)
+    ensure_topics(settings)  # its views follow the assets and user-state topics from the start
     uvicorn.run(
         "services.gateway.main:app_from_env", factory=True, host=settings.http_host,
         port=settings.http_port, workers=workers, log_level="warning", access_log=False,

@@ -97,9 +97,17 @@ class Views:
                 futures.append(future)
         if not futures:
             return True
-        done, pending = await asyncio.wait(futures, timeout=timeout_s)
-        for future in pending:
-            future.cancel()
+        _, pending = await asyncio.wait(futures, timeout=timeout_s)
+        if pending:
+            for future in pending:
+                future.cancel()
+            with self._lock:  # drop the expired waiters (no record may ever come for them)
+                for key in targets:
+                    left = [w for w in self._waiters.get(key, []) if not w[2].cancelled()]
+                    if left:
+                        self._waiters[key] = left
+                    else:
+                        self._waiters.pop(key, None)
         return not pending
 
     def _apply_user(self, key: bytes, record: UserRecord) -> None:
@@ -145,14 +153,20 @@ class Views:
 
     def _partitions(self, consumer: Consumer, topics: Iterable[str]) -> Iterable[TopicPartition]:
         for topic in topics:
-            while True:
+            waited = 0
+            while self._running:
                 try:
                     meta = consumer.list_topics(topic, timeout=5).topics[topic]
                     if meta.error is None and meta.partitions:
                         break
                 except KafkaException:
                     pass
+                if waited == 25:  # 5 s
+                    log.warning("views: topic %s does not exist yet; waiting for it", topic)
+                waited += 1
                 time.sleep(0.2)
+            else:
+                return
             for p in meta.partitions:
                 yield TopicPartition(topic, p, OFFSET_BEGINNING)
 

@@ -143,13 +143,15 @@ class GatewayProcess:
 
 
 def hey(url: str, body_file: Path, duration_s: int, clients: int,
-        rate_per_client: float | None = None) -> HeyResult:
-    """``hey -z Ns -c C [-q R] -m POST ... -D body.json URL/events?queue_updates=true``."""
+        rate_per_client: float | None = None, path: str = "/events?queue_updates=true",
+        ) -> HeyResult:
+    """``hey -z Ns -c C [-q R] -m POST ... -D body.json URL/events?queue_updates=true``
+    (or another ``path``: the dialects)."""
     cmd = ["hey", "-z", f"{duration_s}s", "-c", str(clients)]
     if rate_per_client is not None:
         cmd += ["-q", f"{rate_per_client:.2f}"]
     cmd += ["-m", "POST", "-T", "application/json", "-H", "program-id: bench",
-            "-D", str(body_file), f"{url}/events?queue_updates=true"]
+            "-D", str(body_file), f"{url}{path}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60,
                           check=False)
     if done.returncode != 0:

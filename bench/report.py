@@ -1,4 +1,4 @@
-"""The one table ``make bench`` prints (rich), and the JSON file it writes beside it.
+"""The tables ``make bench`` prints (rich): all sections, then the dialects (section 8).
 
 Targets are informative: a miss shows FAIL but never fails the process, since figures
 on a shared 2-core machine are evidence to read, not a gate.
@@ -11,6 +11,8 @@ from typing import Any
 from rich.table import Table
 
 from bench.agents import USER_POOL, AgentsResult, FreshnessResult, pct
+from bench.dialects import CLIENTS as DIALECT_CLIENTS
+from bench.dialects import DialectResult
 from bench.gateway import HeyResult
 from bench.producers import ProducerResult
 from bench.sink import SinkResult
@@ -129,4 +131,32 @@ def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, fu
     t.add_row("7  peak RSS gateway / agents worker (during 7)",
               f"{mem['freshness_gateway']:,.0f} / {mem['freshness_agents']:,.0f} MiB", "", "", "")
     r["targets"] = v
+    return t
+
+
+def dialects_table(results: list[DialectResult], seconds: int, peak_mib: float | None = None,
+                   note: str = "") -> Table:
+    """Section 8: a row per dialect; ``x AH``: events/s over the first row's (ActionHub)."""
+    base = results[0].events_per_s if results and results[0].events_per_s else None
+    memory = f" Gateway peak RSS {peak_mib:,.0f} MiB." if peak_mib is not None else ""
+    t = Table(title=f"8  Dialects through the gateway (1 worker, hey -c {DIALECT_CLIENTS}, "
+              f"{seconds} s each)",
+              caption="One gateway process, open (no keys, nothing signed), on its own Tansu, "
+              "with SLUICE_QUEUE_UPDATES_DEFAULT=true: every dialect is answered at the "
+              "broker's ack (false would wait for agents; none run here). Each request is the "
+              "dialect's largest; x AH = events/s over ActionHub's; events/s = responses with the dialect's success status (ok) per "
+              "second x events per request." + memory
+              + (" " + note if note else ""))
+    for name, justify in (("dialect", "left"), ("POST", "left"), ("ok", "right"),
+                          ("ev/req", "right"), ("events/s", "right"), ("req/s", "right"),
+                          ("x AH", "right"), ("p50 / p99 ms", "right"), ("not ok", "right")):
+        t.add_column(name, justify=justify, no_wrap=name != "POST",  # type: ignore[arg-type]
+                     overflow="fold")
+    for r in results:
+        p99 = f"{r.hey.p99_ms:.1f}" + (" (max)" if r.hey.p99_is_max else "")
+        t.add_row(r.name, r.path, str(r.success_status), str(r.events_per_request),
+                  f"{r.events_per_s:,.0f}", f"{r.ok_per_s:,.1f}",
+                  f"{r.events_per_s / base:.2f}" if base else "",
+                  f"{r.hey.p50_ms:.1f} / {p99}",
+                  f"{r.not_ok} of {r.ok + r.not_ok}" if r.not_ok else "0")
     return t

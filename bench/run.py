@@ -1,4 +1,4 @@
-"""``make bench``: start the embedded stack, measure one load at a time, print one table.
+"""``make bench``: start the embedded stack, measure one load at a time, print the tables.
 
 Each section gets its own fresh Tansu (in-memory storage grows with what it holds, so a
 shared broker would carry one section's data into the next one's figures). Results also
@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import agents, gateway, producers, report, sink
+from bench import agents, dialects, gateway, producers, report, sink
 from bench.payload import api_body
 from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
@@ -31,6 +31,10 @@ from services.shared.settings import Settings
 
 OUT = Path(__file__).resolve().parent / "out"
 log = Console(stderr=True)
+
+
+def wide_console() -> Console:
+    return Console(width=max(Console().width, 132))
 
 
 @contextmanager
@@ -54,7 +58,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="events pre-filled for each agents throughput run (capped at --seconds)")
     ap.add_argument("--fresh-posts", type=int, default=200,
                     help="10-event POSTs for freshness, and as many for queue_updates=false")
+    ap.add_argument("--dialect-seconds", type=int, default=5,
+                    help="length of each dialect's load (section 8)")
+    ap.add_argument("--only", choices=["dialects"],
+                    help="run one section alone (results in bench/out/<section>.json)")
     args = ap.parse_args(argv)
+    if args.only == "dialects":
+        return dialects.run_alone(args.dialect_seconds)
     started = time.perf_counter()
     cpu_before = cpu_seconds_by_pid()
     tansu_peaks: dict[str, float] = {}
@@ -105,6 +115,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "queue_updates=true, then as many queue_updates=false")
             fresh, fresh_gw_peak, fresh_agents_peak = agents.run_freshness(
                 boot, work, args.fresh_posts)
+        with tansu(work, "dialects", tansu_peaks) as boot:
+            log.log(f"8. dialects: one gateway, each dialect {args.dialect_seconds}s under "
+                    f"hey -c {dialects.CLIENTS}")
+            dialect_runs, dialects_gw_peak = dialects.run_dialects(boot, work,
+                                                                   args.dialect_seconds)
         mix, worst = agent_runs[agents.MIX_USERS], agent_runs[agents.WORST_USERS]
     r["total_s"] = time.perf_counter() - started
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
@@ -116,13 +131,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["agents"] = {"mix": mix.as_dict(), "worst": worst.as_dict(), "user_pool": agents.USER_POOL,
                    "target_events_per_s": report.AGENTS_TARGET}
     r["freshness"] = fresh.as_dict()
+    r["dialects"] = {"seconds": args.dialect_seconds, "env": dialects.QUEUE_UPDATES_ENV,
+                     "runs": [d.as_dict() for d in dialect_runs]}
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,
                          "bench_sink_note": "bench process (sink thread + its Store) incl. chDB",
                          "agents_mix": mix.peak_rss_mib, "agents_worst": worst.peak_rss_mib,
-                         "freshness_gateway": fresh_gw_peak, "freshness_agents": fresh_agents_peak}
+                         "freshness_gateway": fresh_gw_peak, "freshness_agents": fresh_agents_peak,
+                         "dialects_gateway": dialects_gw_peak}
     table = report.build_table(r, conf, aio, full, half, sunk, mix, worst, fresh)
-    Console(width=max(Console().width, 132)).print(table)
+    wide_console().print(table)
+    wide_console().print(report.dialects_table(dialect_runs, args.dialect_seconds, dialects_gw_peak))
     if full.sample_failure:
         log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")
     OUT.mkdir(parents=True, exist_ok=True)

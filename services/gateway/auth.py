@@ -202,7 +202,7 @@ def _sigv4_signature(request: Request, body: bytes, signed: list[str], record: K
 
 
 # -- FastAPI dependencies for the ActionHub routes ---------------------------------------
-_BEARER = HTTPBearer(
+BEARER = HTTPBearer(  # also the dialects' (services.gateway.dialects.common), for /docs
     auto_error=False, scheme_name="APIKey",
     description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
     "required when the gateway runs with SLUICE_KEYS_FILE.",
@@ -213,7 +213,7 @@ def _require(scope: Literal["write", "read"]):  # type: ignore[no-untyped-def]
     async def require_key(
         request: Request,
         gateway: GatewayDep,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> None:
         try:
             check_bearer(gateway, request.headers.get("authorization"),

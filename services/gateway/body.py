@@ -1,4 +1,4 @@
-"""Reading a request body safely: JSON content type only, bounded size (-> 413)."""
+"""Reading a request body safely: bounded size (-> 413); JSON content type only."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ async def read_json_body(request: Request, limit: int) -> bytes:
             f"content type must be application/json, not {content_type or 'missing'!r}",
             "content_type",
         )
+    body = await read_body(request, limit)
+    if not body:
+        raise invalid(["body"], "request body is empty", "missing")
+    return body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, whatever its type; PayloadTooLarge past ``limit`` bytes (declared or sent)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
@@ -26,7 +34,4 @@ async def read_json_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body:
-        raise invalid(["body"], "request body is empty", "missing")
-    return body
+    return b"".join(chunks)

@@ -23,16 +23,12 @@ broker holds every event. Failures keep it: ``{"success": false, "code": <HTTP s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, NotRequired
 
-import orjson
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (
     ConfigDict,
     Field,
@@ -44,12 +40,16 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from services.gateway.auth import AuthError, check_bearer
 from services.gateway.body import read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.dialects.common import (
+    ReadKey,
+    WriteKey,
+    error_route,
+    inline_defs,
+    json_text,
+)
 from services.gateway.ingest import ingest
-from services.gateway.publish import BrokerUnavailable
 from services.gateway.routes.profiles import profile
 from services.gateway.validate import Id
 
@@ -120,15 +120,6 @@ def _validate(adapter: TypeAdapter[Any], body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def _json_text(obj: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(obj).decode()
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
-        import json
-
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def canonical(user_id: str | None, email: str | None, event: BulkEvent,
               now: datetime) -> dict[str, Any]:
     seconds = event.get("created_at")
@@ -140,7 +131,7 @@ def canonical(user_id: str | None, email: str | None, event: BulkEvent,
         "event_type": event["action"],
         "asset_id": "",
         "labels": [],
-        "properties": _json_text(event.get("properties") or {}),
+        "properties": json_text(event.get("properties") or {}),
         "update_session": True if update_session is None else update_session,
     }
 
@@ -154,77 +145,22 @@ def _envelope(status: int, message: str | None = None, data: Any = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class CrowdPowerRoute(APIRoute):
-    """Every failure of a CrowdPower route -> its envelope with success false."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except CrowdPowerError as exc:
-                data = {"errors": exc.errors} if exc.errors is not None else None
-                return _envelope(exc.status, exc.message, data)
-            except RequestValidationError as exc:  # header, path, content type
-                err = _invalid([{"field": _field(e["loc"]), "message": e["msg"]}
-                                for e in exc.errors()])
-                return _envelope(422, err.message, {"errors": err.errors})
-            except AuthError as exc:
-                return _envelope(exc.status, exc.message)
-            except PayloadTooLarge as exc:
-                return _envelope(413, f"request body larger than {exc.limit} bytes")
-            except BrokerUnavailable as exc:
-                retry = str(request.app.state.gateway.settings.retry_after_s)
-                return _envelope(503, f"events not accepted, retry later: {exc}",
-                                 headers={"Retry-After": retry})
-            except UpdateTimeout as exc:
-                return _envelope(504, f"the {exc.events} events are accepted and durable, but "
-                                 f"user state was not updated within {exc.timeout_s}s; do not "
-                                 "resend")
-
-        return route
+def _failure(_: Request, exc: CrowdPowerError | RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):  # header, path, content type
+        exc = _invalid([{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()])
+    data = {"errors": exc.errors} if exc.errors is not None else None
+    return _envelope(exc.status, exc.message, data)
 
 
+# Every failure of a CrowdPower route -> its envelope with success false.
+CrowdPowerRoute = error_route(_envelope, (CrowdPowerError, RequestValidationError), _failure)
 router = APIRouter(prefix="/compat/crowdpower", tags=["CrowdPower"], route_class=CrowdPowerRoute)
-
-
-# Credentials are checked before anything else is validated (as services.gateway.auth
-# does for every route): a dependency, so it runs before FastAPI checks headers and query.
-_BEARER = HTTPBearer(  # the same scheme as services.gateway.auth's, for /docs
-    auto_error=False, scheme_name="APIKey",
-    description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
-    "required when the gateway runs with SLUICE_KEYS_FILE.",
-)
-
-
-def _key(scope: Literal["write", "read"]) -> Any:
-    async def require_key(
-        request: Request, gateway: GatewayDep,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        check_bearer(gateway, request.headers.get("authorization"),
-                     request.headers.get("program-id") or None, scope)
-
-    return require_key
-
-
-WriteKey = Annotated[None, Depends(_key("write"))]
-ReadKey = Annotated[None, Depends(_key("read"))]
 _OK = b'{"success":true,"code":200,"data":null}'
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "`{success: true, code: 200, data: null}`"},
     **{code: {"description": "`{success: false, code, data, message}`"}
        for code in (401, 403, 413, 422, 503, 504)},
 }
-
-
-def _schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    schema = adapter.json_schema()
-    defs = schema.pop("$defs", {})
-    if defs:  # the bulk body: inline its one nested definition
-        schema["properties"]["events"]["items"] = next(iter(defs.values()))
-    return schema
 
 
 async def _accept(request: Request, gateway: GatewayDep, program_id: str,
@@ -241,7 +177,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
 @router.post(
     "/events", summary="Create customer event",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _schema(ONE)}}}},
+        "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
 async def create_event(_auth: WriteKey, request: Request, gateway: GatewayDep,
@@ -253,7 +189,7 @@ async def create_event(_auth: WriteKey, request: Request, gateway: GatewayDep,
     "/events/bulk", summary="Create multiple customer events",
     description=f"1 to {MAX_BULK} events of one customer.",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _schema(BULK)}}}},
+        "application/json": {"schema": inline_defs(BULK.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
 async def create_events(_auth: WriteKey, request: Request, gateway: GatewayDep,

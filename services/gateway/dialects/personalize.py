@@ -46,14 +46,12 @@ Order: the signature is checked first, then the body (400), then the key's progr
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import (
     ConfigDict,
     Field,
@@ -66,10 +64,11 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from services.gateway.auth import AuthError, authenticate_sigv4, authorize
+from services.gateway.body import read_body
 from services.gateway.deps import Gateway, GatewayDep
-from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.dialects.common import error_route, inline_defs, retry_after, unavailable
+from services.gateway.errors import UpdateTimeout
 from services.gateway.ingest import ingest
-from services.gateway.publish import BrokerUnavailable
 from services.gateway.routes.assets import _publish as publish_assets
 from services.gateway.routes.assets import _record as asset_record
 
@@ -163,54 +162,33 @@ def _aws_response(exc: AwsError) -> JSONResponse:
                         headers={"x-amzn-ErrorType": exc.type} | exc.headers)
 
 
-class AwsErrorRoute(APIRoute):
-    """Every failure of these routes answers in AWS's error shape, not FastAPI's."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except AwsError as exc:
-                return _aws_response(exc)
-            except AuthError as exc:
-                # AWS answers every authentication and authorisation failure with 403
-                return _aws_response(AwsError(403, exc.aws_type, exc.message))
-            except PayloadTooLarge as exc:
-                return _aws_response(AwsError(413, "RequestEntityTooLargeException",
-                                              f"request body larger than {exc.limit} bytes"))
-            except (BrokerUnavailable, UpdateTimeout) as exc:
-                retry = str(request.app.state.gateway.settings.retry_after_s)
-                return _aws_response(AwsError(
-                    503, "ServiceUnavailableException",
-                    f"events not accepted, retry later: {exc}", {"Retry-After": retry}))
-
-        return route
+# The failures every dialect shares (services.gateway.dialects.common), as AWS types them.
+_SHARED_TYPES = {413: "RequestEntityTooLargeException", 503: "ServiceUnavailableException"}
 
 
+def _shape(status: int, message: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    return _aws_response(AwsError(status, _SHARED_TYPES[status], message, headers))
+
+
+def _failure(request: Request, exc: AwsError | AuthError | UpdateTimeout) -> JSONResponse:
+    if isinstance(exc, AuthError):
+        # AWS answers every authentication and authorisation failure with 403
+        exc = AwsError(403, exc.aws_type, exc.message)
+    elif isinstance(exc, UpdateTimeout):  # AWS has no 504: as if the broker had not taken them
+        return _shape(503, unavailable(exc), headers=retry_after(request))
+    return _aws_response(exc)
+
+
+# Every failure of these routes answers in AWS's error shape, not FastAPI's.
+AwsErrorRoute = error_route(_shape, (AwsError, AuthError, UpdateTimeout), _failure)
 router = APIRouter(prefix="/compat/personalize", tags=["Amazon Personalize"],
                    route_class=AwsErrorRoute)
 
 
 # -- request handling ----------------------------------------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _authenticated(request: Request, gateway: Gateway) -> tuple[bytes, Any]:
     """The body, and the key that signed it (None when the gateway runs open)."""
-    body = await _read_body(request, gateway.settings.max_body_bytes)
+    body = await read_body(request, gateway.settings.max_body_bytes)
     return body, authenticate_sigv4(gateway, request, body)
 
 
@@ -317,26 +295,9 @@ def item_labels(properties: dict[str, Any], label_property: str, where: str) -> 
     return labels
 
 
-def _schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    """The adapter's JSON schema with its $defs inlined (OpenAPI has no local $defs)."""
-    schema = adapter.json_schema()
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: inline(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v) for v in node]
-        return node
-
-    return inline(schema)  # type: ignore[no-any-return]
-
-
 def _doc(adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": _schema(adapter)}}}}
+    schema = inline_defs(adapter.json_schema())
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

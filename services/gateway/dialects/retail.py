@@ -20,7 +20,6 @@ Out (the vendor's document shows requests only; these shapes are ours, camelCase
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
@@ -28,11 +27,9 @@ from operator import or_
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,12 +40,10 @@ from pydantic import (
     create_model,
 )
 
-from services.gateway.auth import AuthError, check_bearer
 from services.gateway.body import read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.dialects.common import WriteKey, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
-from services.gateway.publish import BrokerUnavailable
 from services.gateway.validate import Id, Timestamp
 
 SOURCE = "retail"
@@ -149,15 +144,6 @@ def _event_errors(exc: ValidationError, single: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _json_text(obj: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(obj).decode()
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
-        import json
-
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def canonical(event: ProductEvent, now: datetime) -> dict[str, Any]:
     kind = KINDS[event.type]  # type: ignore[attr-defined]
     ts = event.timestamp or now
@@ -171,7 +157,7 @@ def canonical(event: ProductEvent, now: datetime) -> dict[str, Any]:
     fields = event.model_dump(exclude=_MAPPED)
     if kind.value is not None:
         out["value"] = float(fields.pop(kind.value))
-    out["properties"] = _json_text(fields)
+    out["properties"] = json_text(fields)
     return out
 
 
@@ -185,81 +171,20 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class RetailRoute(APIRoute):
-    """Every failure of a retail route -> the retail error shape (never FastAPI's)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RetailError as exc:
-                return _error(exc.status, exc.message, errors=exc.errors)
-            except RequestValidationError as exc:  # header, query, content type
-                errors = [_item(None, None, ".".join(str(p) for p in e["loc"]), e["msg"])
-                          for e in exc.errors()]
-                return _error(422, "invalid request", errors=errors)
-            except AuthError as exc:
-                return _error(exc.status, exc.message)
-            except PayloadTooLarge as exc:
-                return _error(413, f"request body larger than {exc.limit} bytes")
-            except BrokerUnavailable as exc:
-                retry = str(request.app.state.gateway.settings.retry_after_s)
-                return _error(503, f"events not accepted, retry later: {exc}",
-                              headers={"Retry-After": retry})
-            except UpdateTimeout as exc:
-                return _error(504, f"the {exc.events} events are accepted and durable, but user "
-                              f"state was not updated within {exc.timeout_s}s; do not resend")
-
-        return route
+def _failure(_: Request, exc: RetailError | RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RetailError):
+        return _error(exc.status, exc.message, errors=exc.errors)
+    errors = [_item(None, None, ".".join(str(p) for p in e["loc"]), e["msg"])
+              for e in exc.errors()]  # header, query, content type
+    return _error(422, "invalid request", errors=errors)
 
 
+# Every failure of a retail route -> the retail error shape (never FastAPI's).
+RetailRoute = error_route(_error, (RetailError, RequestValidationError), _failure)
 router = APIRouter(prefix="/compat/retail", tags=["Retail"], route_class=RetailRoute)
 
 
-# Credentials are checked before anything else is validated (as services.gateway.auth
-# does for every route): a dependency, so it runs before FastAPI checks headers and query.
-_BEARER = HTTPBearer(  # the same scheme as services.gateway.auth's, for /docs
-    auto_error=False, scheme_name="APIKey",
-    description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
-    "required when the gateway runs with SLUICE_KEYS_FILE.",
-)
-
-
-def _key(scope: Literal["write", "read"]) -> Any:
-    async def require_key(
-        request: Request, gateway: GatewayDep,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        check_bearer(gateway, request.headers.get("authorization"),
-                     request.headers.get("program-id") or None, scope)
-
-    return require_key
-
-
-WriteKey = Annotated[None, Depends(_key("write"))]
-
-
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON schema with its ``$defs`` inlined (OpenAPI resolves refs elsewhere)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-            if "discriminator" in node:  # its mapping points into $defs: keep the name only
-                node = node | {"discriminator": {"propertyName": node["discriminator"]["propertyName"]}}
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)  # type: ignore[no-any-return]
-
-
-_ONE_SCHEMA = _inline(ONE.json_schema())
+_ONE_SCHEMA = inline_defs(ONE.json_schema())
 BODY_SCHEMA = {"oneOf": [_ONE_SCHEMA, {"type": "array", "items": _ONE_SCHEMA,
                                        "minItems": 1, "maxItems": MAX_EVENTS}]}
 _ERROR = {"description": "`{status: error, code, message}` (422 adds `errors`, `availableTypes`)"}

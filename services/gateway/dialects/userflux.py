@@ -23,26 +23,20 @@ none, so in the common JSON error shape of JS APIs):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, NotRequired
 
-import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from services.gateway.auth import AuthError, check_bearer
 from services.gateway.body import read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.dialects.common import WriteKey, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
-from services.gateway.publish import BrokerUnavailable
 from services.gateway.validate import Id
 
 SOURCE = "userflux"
@@ -108,15 +102,6 @@ def parse(adapter: TypeAdapter[Any], body: bytes, prefix: list[Any]) -> list[Ing
     return events
 
 
-def _json_text(obj: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(obj).decode()
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
-        import json
-
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def canonical(event: IngestEvent, now: datetime, location: bool | None) -> dict[str, Any]:
     millis = event.get("timestamp")
     properties = dict(event.get("properties") or {})
@@ -130,7 +115,7 @@ def canonical(event: IngestEvent, now: datetime, location: bool | None) -> dict[
         "event_type": event["name"],
         "asset_id": "",
         "labels": [],
-        "properties": _json_text(properties),
+        "properties": json_text(properties),
     }
 
 
@@ -144,74 +129,22 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class UserFluxRoute(APIRoute):
-    """Every failure of a UserFlux route -> UserFlux's error shape (never FastAPI's)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except UserFluxError as exc:
-                return _error(exc.status, exc.message, details=exc.details)
-            except RequestValidationError as exc:  # header, query, content type
-                exc2 = _invalid([{"path": _path(e["loc"]), "message": e["msg"]}
-                                 for e in exc.errors()])
-                return _error(400, exc2.message, details=exc2.details)
-            except AuthError as exc:
-                return _error(exc.status, exc.message)
-            except PayloadTooLarge as exc:
-                return _error(413, f"request body larger than {exc.limit} bytes")
-            except BrokerUnavailable as exc:
-                retry = str(request.app.state.gateway.settings.retry_after_s)
-                return _error(503, f"events not accepted, retry later: {exc}",
-                              headers={"Retry-After": retry})
-            except UpdateTimeout as exc:
-                return _error(504, f"the {exc.events} events are accepted and durable, but user "
-                              f"state was not updated within {exc.timeout_s}s; do not resend")
-
-        return route
+def _failure(_: Request, exc: UserFluxError | RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):  # header, query, content type
+        exc = _invalid([{"path": _path(e["loc"]), "message": e["msg"]} for e in exc.errors()])
+    return _error(exc.status, exc.message, details=exc.details)
 
 
+# Every failure of a UserFlux route -> UserFlux's error shape (never FastAPI's).
+UserFluxRoute = error_route(_error, (UserFluxError, RequestValidationError), _failure)
 router = APIRouter(prefix="/compat/userflux", tags=["UserFlux"], route_class=UserFluxRoute)
 
-
-# Credentials are checked before anything else is validated (as services.gateway.auth
-# does for every route): a dependency, so it runs before FastAPI checks headers and query.
-_BEARER = HTTPBearer(  # the same scheme as services.gateway.auth's, for /docs
-    auto_error=False, scheme_name="APIKey",
-    description="An API key of the program (`sk_<id>_<secret>`, from `sluice keys create`); "
-    "required when the gateway runs with SLUICE_KEYS_FILE.",
-)
-
-
-def _key(scope: Literal["write", "read"]) -> Any:
-    async def require_key(
-        request: Request, gateway: GatewayDep,
-        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        check_bearer(gateway, request.headers.get("authorization"),
-                     request.headers.get("program-id") or None, scope)
-
-    return require_key
-
-
-WriteKey = Annotated[None, Depends(_key("write"))]
 
 LocationEnrichment = Annotated[
     bool | None,
     Query(alias="locationEnrichment",
           description=f"Stored with each event as the property `{LOCATION_PROPERTY}`"),
 ]
-
-
-def _schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    schema = adapter.json_schema()
-    defs = schema.pop("$defs", {})
-    if defs:  # the batch: inline its one nested definition (OpenAPI resolves refs elsewhere)
-        schema["properties"]["events"]["items"] = next(iter(defs.values()))
-    return schema
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -235,7 +168,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
 @router.post(
     "/event/ingest", status_code=204, summary="Ingest a new user event",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _schema(ONE)}}}},
+        "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
 async def ingest_event(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,
@@ -247,7 +180,7 @@ async def ingest_event(_auth: WriteKey, request: Request, gateway: GatewayDep, p
     "/event/ingest/batch", status_code=204, summary="Ingest a batch of user events",
     description=f"1 to {MAX_BATCH} events.",
     openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": _schema(BATCH)}}}},
+        "application/json": {"schema": inline_defs(BATCH.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
 async def ingest_batch(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,

@@ -1,0 +1,119 @@
+"""What every dialect does alike: failures in the vendor's error shape, the bearer key
+check, properties as JSON text, request-body schemas for ``/docs``.
+
+A dialect keeps its own error *shape* (a function ``shape(status, message, headers=...)``
+that builds the vendor's error response) and its own exceptions; :func:`error_route`
+makes the route class that answers every failure of its routes in that shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal, Protocol
+
+import orjson
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
+
+from services.gateway.auth import BEARER, AuthError, check_bearer
+from services.gateway.deps import GatewayDep
+from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.publish import BrokerUnavailable
+
+
+class ErrorShape(Protocol):
+    """A dialect's error response: ``shape(status, message, headers=None)``."""
+
+    def __call__(self, status: int, message: str, *,
+                 headers: dict[str, str] | None = None) -> Response: ...
+
+
+def retry_after(request: Request) -> dict[str, str]:
+    """The ``Retry-After`` header of a 503 (the gateway's ``retry_after_s``)."""
+    return {"Retry-After": str(request.app.state.gateway.settings.retry_after_s)}
+
+
+def unavailable(exc: Exception) -> str:
+    """The message of a 503: the broker did not take the events."""
+    return f"events not accepted, retry later: {exc}"
+
+
+def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
+                answer: Callable[[Request, Any], Response]) -> type[APIRoute]:
+    """A route class whose every failure answers in the dialect's error shape, never
+    FastAPI's: the exceptions in ``own`` (the dialect's own, and any shared one it answers
+    otherwise) by ``answer(request, exc)``; then, by ``shape``, a bad key (its 401/403),
+    a body too large (413), the broker unavailable (503 + Retry-After; nothing accepted)
+    and user state late (504: the events are durable, do not resend)."""
+
+    class DialectRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def route(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except own as exc:
+                    return answer(request, exc)
+                except AuthError as exc:
+                    return shape(exc.status, exc.message)
+                except PayloadTooLarge as exc:
+                    return shape(413, f"request body larger than {exc.limit} bytes")
+                except BrokerUnavailable as exc:
+                    return shape(503, unavailable(exc), headers=retry_after(request))
+                except UpdateTimeout as exc:
+                    return shape(504, f"the {exc.events} events are accepted and durable, but "
+                                 f"user state was not updated within {exc.timeout_s}s; do not "
+                                 "resend")
+
+            return route
+
+    return DialectRoute
+
+
+# Credentials are checked before anything else is validated (as services.gateway.auth
+# does for every route): a dependency, so it runs before FastAPI checks headers and query.
+def _key(scope: Literal["write", "read"]) -> Any:
+    async def require_key(
+        request: Request, gateway: GatewayDep,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
+        check_bearer(gateway, request.headers.get("authorization"),
+                     request.headers.get("program-id") or None, scope)
+
+    return require_key
+
+
+# ``Authorization: Bearer <key>`` of the ``program-id`` header's program; AuthError (which
+# the route class answers in the dialect's shape) unless it is a live key of that scope.
+WriteKey = Annotated[None, Depends(_key("write"))]
+ReadKey = Annotated[None, Depends(_key("read"))]
+
+
+def json_text(obj: dict[str, Any]) -> str:
+    """Properties as the JSON text the canonical event stores."""
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the stdlib copes
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` inlined (OpenAPI resolves refs elsewhere);
+    a discriminator keeps its property name only (its mapping points into ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            if "discriminator" in node:
+                node = node | {"discriminator": {"propertyName": node["discriminator"]["propertyName"]}}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]

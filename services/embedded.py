@@ -67,7 +67,7 @@ def run_embedded(settings: Settings) -> None:
         sink_thread = threading.Thread(target=sink_main, name="sink")
         sink_thread.start()
         base = f"http://{settings.http_host}:{settings.http_port}"
-        console.print(f"[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
+        console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
         console.print(f"  gateway     {base}   docs {base}/docs")
         broker_kind = "embedded Tansu, in memory" if broker else "external"
         console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")

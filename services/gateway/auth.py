@@ -84,11 +84,12 @@ def authorize(record: KeyRecord, program_id: str | None, scope: Literal["write",
 
 
 def check_bearer(gateway: Gateway, authorization: str | None, program_id: str | None,
-                 scope: Literal["write", "read"]) -> None:
-    """Raise AuthError unless ``authorization`` carries a live ``scope`` key of the program."""
+                 scope: Literal["write", "read"]) -> KeyRecord | None:
+    """Raise AuthError unless ``authorization`` carries a live ``scope`` key of the program
+    (``program_id`` None: of any program). Returns the key (None: the gateway runs open)."""
     ring = gateway.keys
     if ring is None:
-        return
+        return None
     if not authorization or not authorization.strip():
         raise AuthError(401, "missing credentials: send 'Authorization: Bearer <API key>'")
     scheme, _, token = authorization.strip().partition(" ")
@@ -101,6 +102,7 @@ def check_bearer(gateway: Gateway, authorization: str | None, program_id: str | 
     if record.revoked:
         raise AuthError(401, f"API key {record.id} was revoked")
     authorize(record, program_id, scope)
+    return record
 
 
 def authenticate_sigv4(gateway: Gateway, request: Request, body: bytes) -> KeyRecord | None:

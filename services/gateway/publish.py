@@ -28,7 +28,7 @@ class BrokerUnavailable(Exception):
 class _BatchAck:
     """Counts down one batch's delivery reports; called on the poll thread."""
 
-    __slots__ = ("pending", "error", "loop", "future", "positions")
+    __slots__ = ("error", "future", "loop", "pending", "positions")
 
     def __init__(self, pending: int, loop: asyncio.AbstractEventLoop) -> None:
         self.pending = pending

@@ -17,8 +17,16 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, ConfigDict, Field, Strict, StringConstraints, TypeAdapter
-from pydantic import ValidationError, with_config
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 MAX_EVENTS = 1000  # the contract: "from minimum of 1 event to maximum 1000 events"

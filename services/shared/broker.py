@@ -26,7 +26,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         # Tansu reads LISTENER_URL, CLUSTER_ID... from the environment: give it a clean one.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}

@@ -144,7 +144,7 @@ class Sink:
                     return
                 if self._writer_error is None:
                     self.write(batch)
-            except BaseException as exc:  # noqa: BLE001 - reported to the consumer thread
+            except BaseException as exc:
                 log.exception("sink writer failed")
                 self._writer_error = exc
                 self._stop.set()

@@ -51,7 +51,7 @@ class RowWriter:
         try:
             self.store.insert_json_rows(self.table, b"\n".join(rows))
             return len(rows)
-        except Exception as exc:  # noqa: BLE001 - classified right below
+        except Exception as exc:
             if not self.store.ping():
                 raise ClickHouseDown(str(exc)) from exc
             if len(rows) == 1:

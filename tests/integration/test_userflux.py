@@ -202,3 +202,17 @@ def test_api_keys_are_required_and_refused_in_the_userflux_shape(
     assert "'read' key" in assert_error(post(tokens["read"]), 403, "Forbidden")["message"]
     assert_error(post(None, {"bad": True}), 401, "Unauthorized")  # keys before validation
     assert_accepted(post(tokens["write"]))
+
+
+def test_a_vendor_client_needs_only_the_key_the_program_comes_from_it(
+    tokens: dict[str, str], settings: Settings, store: Store, pipeline: TestClient
+) -> None:
+    """An unchanged UserFlux client sends no program-id header: its key names the program."""
+    settings.queue_updates_default = True
+    response = pipeline.post(ONE, json=EVENT, headers={"authorization": f"Bearer {tokens['write']}"})
+    assert_accepted(response)
+    wait_for(lambda: count(store) == 1)
+    assert store.query("SELECT program_id FROM events")[0]["program_id"] == "app"
+    # a key of another program still cannot write into this one by naming it
+    other = pipeline.post(ONE, json=EVENT, headers=H | {"authorization": f"Bearer {tokens['other']}"})
+    assert_error(other, 403, "Forbidden")

@@ -13,7 +13,8 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal, Protocol
 
 import orjson
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
@@ -75,21 +76,33 @@ def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
 
 # Credentials are checked before anything else is validated (as services.gateway.auth
 # does for every route): a dependency, so it runs before FastAPI checks headers and query.
-def _key(scope: Literal["write", "read"]) -> Any:
-    async def require_key(
+def _program(scope: Literal["write", "read"]) -> Any:
+    async def require_program(
         request: Request, gateway: GatewayDep,
         _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
-    ) -> None:
-        check_bearer(gateway, request.headers.get("authorization"),
-                     request.headers.get("program-id") or None, scope)
+        program_header: Annotated[str | None, Header(
+            alias="program-id", description="The program; default: the API key's program",
+        )] = None,
+    ) -> str:
+        header = program_header or None
+        key = check_bearer(gateway, request.headers.get("authorization"), header, scope)
+        program = header or (key.program if key else None)
+        if not program:
+            raise RequestValidationError([{
+                "loc": ["header", "program-id"], "type": "missing",
+                "msg": "Field required: with no API keys configured, name the program in the "
+                "program-id header",
+            }])
+        return program
 
-    return require_key
+    return require_program
 
 
-# ``Authorization: Bearer <key>`` of the ``program-id`` header's program; AuthError (which
-# the route class answers in the dialect's shape) unless it is a live key of that scope.
-WriteKey = Annotated[None, Depends(_key("write"))]
-ReadKey = Annotated[None, Depends(_key("read"))]
+# The program of the request: the ``program-id`` header if sent, else the API key's own,
+# so a vendor's client needs only the base URL and the key. AuthError (which the route
+# class answers in the dialect's shape) unless it is a live key of that scope and program.
+WriteProgram = Annotated[str, Depends(_program("write"))]
+ReadProgram = Annotated[str, Depends(_program("read"))]
 
 
 def json_text(obj: dict[str, Any]) -> str:

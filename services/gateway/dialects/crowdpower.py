@@ -41,10 +41,10 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from services.gateway.body import read_json_body
-from services.gateway.deps import GatewayDep, ProgramId
+from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import (
-    ReadKey,
-    WriteKey,
+    ReadProgram,
+    WriteProgram,
     error_route,
     inline_defs,
     json_text,
@@ -180,8 +180,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
         "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
-async def create_event(_auth: WriteKey, request: Request, gateway: GatewayDep,
-                       program_id: ProgramId) -> Response:
+async def create_event(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:
     return await _accept(request, gateway, program_id, ONE)
 
 
@@ -192,8 +191,7 @@ async def create_event(_auth: WriteKey, request: Request, gateway: GatewayDep,
         "application/json": {"schema": inline_defs(BULK.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
-async def create_events(_auth: WriteKey, request: Request, gateway: GatewayDep,
-                        program_id: ProgramId) -> Response:
+async def create_events(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:
     return await _accept(request, gateway, program_id, BULK)
 
 
@@ -204,6 +202,6 @@ async def create_events(_auth: WriteKey, request: Request, gateway: GatewayDep,
     "An unknown user has 0 and nulls.",
     responses=_RESPONSES,
 )
-async def get_user(_auth: ReadKey, gateway: GatewayDep, program_id: ProgramId,
+async def get_user(gateway: GatewayDep, program_id: ReadProgram,
                    user_id: Annotated[str, Path(min_length=1, max_length=512)]) -> Response:
     return _envelope(200, data=profile(gateway, program_id, user_id))

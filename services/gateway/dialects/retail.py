@@ -41,8 +41,8 @@ from pydantic import (
 )
 
 from services.gateway.body import read_json_body
-from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.dialects.common import WriteKey, error_route, inline_defs, json_text
+from services.gateway.deps import GatewayDep
+from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
 from services.gateway.validate import Id, Timestamp
 
@@ -200,8 +200,7 @@ _ERROR = {"description": "`{status: error, code, message}` (422 adds `errors`, `
                                    "content": {"application/json": {"schema": BODY_SCHEMA}}}},
     responses={code: _ERROR for code in (401, 403, 413, 422, 503, 504)},
 )
-async def post_events(_auth: WriteKey, request: Request, gateway: GatewayDep,
-                      program_id: ProgramId) -> Response:
+async def post_events(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:
     events = parse(await read_json_body(request, gateway.settings.max_body_bytes))
     now = datetime.now(UTC)
     await ingest(gateway, program_id, [canonical(e, now) for e in events],

@@ -34,8 +34,8 @@ from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, wi
 from typing_extensions import TypedDict
 
 from services.gateway.body import read_json_body
-from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.dialects.common import WriteKey, error_route, inline_defs, json_text
+from services.gateway.deps import GatewayDep
+from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
 from services.gateway.validate import Id
 
@@ -171,7 +171,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
         "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
-async def ingest_event(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,
+async def ingest_event(request: Request, gateway: GatewayDep, program_id: WriteProgram,
                        location: LocationEnrichment = None) -> Response:
     return await _accept(request, gateway, program_id, location, batch=False)
 
@@ -183,6 +183,6 @@ async def ingest_event(_auth: WriteKey, request: Request, gateway: GatewayDep, p
         "application/json": {"schema": inline_defs(BATCH.json_schema())}}}},
     responses=_RESPONSES, response_class=Response,
 )
-async def ingest_batch(_auth: WriteKey, request: Request, gateway: GatewayDep, program_id: ProgramId,
+async def ingest_batch(request: Request, gateway: GatewayDep, program_id: WriteProgram,
                        location: LocationEnrichment = None) -> Response:
     return await _accept(request, gateway, program_id, location, batch=True)

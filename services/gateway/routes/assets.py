@@ -8,14 +8,13 @@ milliseconds, from the topic; the sink stores them in ClickHouse ``assets``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Request
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
-from typing_extensions import NotRequired, TypedDict
-
 from fastapi.exceptions import RequestValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import read_json_body

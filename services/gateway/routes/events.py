@@ -17,8 +17,8 @@ from pydantic import BaseModel
 
 from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import read_json_body
-from services.gateway.ingest import ingest
 from services.gateway.deps import GatewayDep, ProgramId, require_store
+from services.gateway.ingest import ingest
 from services.gateway.validate import EVENT_LIST, parse_event_list
 
 router = APIRouter(tags=["ActionHub"])

@@ -82,7 +82,7 @@ class GatewayProcess:
     """``.venv/bin/sluice gateway`` on its own port, publishing to ``topic`` on ``bootstrap``."""
 
     def __init__(self, bootstrap: str, topic: str, port: int, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, workers: int = 1) -> None:
         """``env``: a full environment to start from (e.g. every setting of a Settings)."""
         self.url = f"http://127.0.0.1:{port}"
         env = dict(env) if env is not None else {
@@ -95,7 +95,7 @@ class GatewayProcess:
         sluice = Path(sys.executable).parent / "sluice"
         with open(self.log_path, "wb") as out:  # the child keeps its own copy of the fd
             self.process = subprocess.Popen(
-                [str(sluice), "gateway"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                [str(sluice), "gateway", "--workers", str(workers)], env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 

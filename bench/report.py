@@ -90,6 +90,11 @@ def build_table(r: dict[str, Any], conf: ProducerResult, aio: ProducerResult, fu
               f"{full.events_per_s:,.0f} events/s ({full.requests_per_s:.1f} req/s)",
               f"{full.events_per_s / conf.events_per_s:.2f} x 1a", f">= {GATEWAY_TARGET:,}",
               _mark(v["gateway_events_per_s"]))
+    two = r["gateway"]["two_workers"]
+    t.add_row("2  gateway, 2 workers (both cores), hey -c 8",
+              f"{two['events_per_s']:,.0f} events/s ({two['requests_per_s']:.1f} req/s)",
+              f"{two['events_per_s'] / full.events_per_s:.2f} x 1 worker", f">= {GATEWAY_TARGET:,}",
+              _mark(two["events_per_s"] >= GATEWAY_TARGET and two["non_200"] == 0))
     t.add_row("2  non-200 responses (full / half load)",
               f"{full.not_ok} of {full.ok + full.not_ok} / {half.not_ok} of {half.ok + half.not_ok}",
               "", "0", _mark(v["gateway_non_200_zero"]))

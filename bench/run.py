@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            f"\ngateway log tail:\n{gw.log_tail()}")
             finally:
                 gw.stop()
+            # scale-out on one box: a second worker process takes the other core
+            gw2 = gateway.GatewayProcess(boot, topics.topic_events, free_port(), work, workers=2)
+            try:
+                gw2.wait_ready()
+                log.log(f"2. gateway, 2 workers, under hey -c 8 for {args.seconds}s")
+                gateway.hey(gw2.url, body, 2, 8)
+                full2 = gateway.hey(gw2.url, body, args.seconds, 8)
+            finally:
+                gw2.stop()
         with tansu(work, "sink", tansu_peaks) as boot:
             log.log(f"4. sink: prefill + raw insert of {args.sink_events:,} events, then the sink")
             sunk = sink.run_sink_bench(boot, work, args.sink_events)
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
     r["producers"] = {"confluent": conf.as_dict(), "aiokafka": aio.as_dict()}
     r["gateway"] = {"full_load": full.as_dict(), "half_load": half.as_dict(),
+                    "two_workers": full2.as_dict(),
                     "events_over_confluent_ceiling": full.events_per_s / conf.events_per_s}
     r["sink"] = sunk.as_dict()
     r["agents_limit_s"] = args.seconds

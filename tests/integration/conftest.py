@@ -114,6 +114,31 @@ def gateway(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+# Every canonical column a dialect may fill, for the dialect tests' ClickHouse checks.
+DIALECT_COLUMNS = (
+    "source, program_id, user_id, event_type, asset_id, labels, client_event_id, "
+    "session_id, anonymous_id, email, properties, value, event_timestamp, received_at"
+)
+
+
+@pytest.fixture
+def queued(settings: Settings) -> Settings:
+    """No agents run in this test: the gateway must not wait for user state."""
+    settings.queue_updates_default = True
+    return settings
+
+
+@pytest.fixture
+def client(queued: Settings, pipeline: TestClient) -> TestClient:
+    """The embedded pipeline, answering at the broker's ack."""
+    return pipeline
+
+
+def count(store: Store) -> int:
+    """Events stored, each once."""
+    return int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float = 20.0, every_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

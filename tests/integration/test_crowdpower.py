@@ -19,7 +19,8 @@ from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
-from tests.integration.conftest import Agents, read_topic, wait_for
+from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
+from tests.integration.conftest import Agents, count, read_topic, wait_for
 
 ONE = "/compat/crowdpower/events"
 BULK = "/compat/crowdpower/events/bulk"
@@ -29,28 +30,11 @@ T = 1_763_450_476  # 2025-11-18T07:21:16Z
 EVENT = {"user_id": "cust-1", "email": "ana@example.com", "action": "upgraded_plan",
          "properties": {"plan_name": "pro", "seats": 3}, "created_at": T,
          "update_session": False}
-COLUMNS = ("source, program_id, user_id, event_type, asset_id, labels, client_event_id, "
-           "session_id, anonymous_id, email, properties, value, event_timestamp, received_at")
-
-
-@pytest.fixture
-def queued(settings: Settings) -> Settings:
-    """No agents run here: the gateway must not wait for user state."""
-    settings.queue_updates_default = True
-    return settings
-
-
-@pytest.fixture
-def client(queued: Settings, pipeline: TestClient) -> TestClient:
-    return pipeline
 
 
 def rows(store: Store) -> list[dict]:
     return store.query(f"SELECT {COLUMNS} FROM events FINAL ORDER BY event_timestamp, event_type")
 
-
-def count(store: Store) -> int:
-    return int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
 
 
 def assert_ok(response) -> None:

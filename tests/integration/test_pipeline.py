@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
 import orjson
+from fastapi.testclient import TestClient
 
 from services.shared.clickhouse import Store
 from services.shared.events import message_key

@@ -18,7 +18,8 @@ from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
-from tests.integration.conftest import Agents, event, read_topic, wait_for
+from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
+from tests.integration.conftest import Agents, count, event, read_topic, wait_for
 
 URL = "/compat/retail/events"
 H = {"program-id": "shop"}
@@ -29,29 +30,12 @@ SALE = {"type": "EventSale", "timestamp": "2025-11-18T07:21:16.527Z",
         "customerCode": "D314K1432", "productCode": "N30122", "quantity": 2}
 VIEWED = {"type": "EventProductViewed", "timestamp": "2025-11-18T07:18:13.527Z",
           "customerCode": "D314K1432", "productCode": "N30122"}
-COLUMNS = ("source, program_id, user_id, event_type, asset_id, labels, client_event_id, "
-           "session_id, anonymous_id, email, properties, value, event_timestamp, received_at")
-
-
-@pytest.fixture
-def queued(settings: Settings) -> Settings:
-    """No agents run here: the gateway must not wait for user state."""
-    settings.queue_updates_default = True
-    return settings
-
-
-@pytest.fixture
-def client(queued: Settings, pipeline: TestClient) -> TestClient:
-    return pipeline
 
 
 def rows(store: Store, where: str = "1") -> list[dict]:
     return store.query(f"SELECT {COLUMNS} FROM events FINAL WHERE {where} "
                        "ORDER BY event_timestamp, asset_id")
 
-
-def count(store: Store) -> int:
-    return int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
 
 
 def assert_error(response, status: int) -> dict:

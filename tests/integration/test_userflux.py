@@ -19,7 +19,8 @@ from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
-from tests.integration.conftest import read_topic, wait_for
+from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
+from tests.integration.conftest import count, read_topic, wait_for
 
 ONE = "/compat/userflux/event/ingest"
 BATCH = "/compat/userflux/event/ingest/batch"
@@ -27,28 +28,11 @@ H = {"program-id": "app"}
 T_MS = 1_763_450_476_527  # 2025-11-18T07:21:16.527Z
 EVENT = {"userId": "user-1", "anonymousId": "anon-1", "name": "checkout_started",
          "timestamp": T_MS, "properties": {"plan": "pro", "seats": 3, "tags": ["a", "b"]}}
-COLUMNS = ("source, program_id, user_id, event_type, asset_id, labels, client_event_id, "
-           "session_id, anonymous_id, email, properties, value, event_timestamp, received_at")
-
-
-@pytest.fixture
-def queued(settings: Settings) -> Settings:
-    """No agents run here: the gateway must not wait for user state."""
-    settings.queue_updates_default = True
-    return settings
-
-
-@pytest.fixture
-def client(queued: Settings, pipeline: TestClient) -> TestClient:
-    return pipeline
 
 
 def rows(store: Store) -> list[dict]:
     return store.query(f"SELECT {COLUMNS} FROM events FINAL ORDER BY event_timestamp, user_id")
 
-
-def count(store: Store) -> int:
-    return int(store.query("SELECT count() AS n FROM events FINAL")[0]["n"])
 
 
 def assert_accepted(response) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import agents, dialects, gateway, producers, report, sink
-from bench.payload import api_body
+from bench.payload import api_body, users_body
 from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.kafka import ensure_topics
@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if full.not_ok or half.not_ok:
                     full.sample_failure = (f"one POST after the load: {gw.post(body.read_bytes())}"
                                            f"\ngateway log tail:\n{gw.log_tail()}")
+                # the same, with the realistic mix: 100 users x 10 events per request
+                mix_body = work / "body-mix.json"
+                mix_body.write_bytes(users_body(1, agents.MIX_USERS, agents.USER_POOL))
+                log.log(f"2. gateway, {agents.MIX_USERS} users per request, hey -c 4 and half")
+                gateway.hey(gw.url, mix_body, 2, 4)
+                mix_full = gateway.hey(gw.url, mix_body, args.seconds, 4)
+                mix_half = gateway.hey(gw.url, mix_body, args.seconds, 2,
+                                       mix_full.requests_per_s / 2 / 2)
             finally:
                 gw.stop()
             # scale-out on one box: a second worker process takes the other core
@@ -135,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["producers"] = {"confluent": conf.as_dict(), "aiokafka": aio.as_dict()}
     r["gateway"] = {"full_load": full.as_dict(), "half_load": half.as_dict(),
                     "two_workers": full2.as_dict(),
+                    "mix_full_load": mix_full.as_dict(), "mix_half_load": mix_half.as_dict(),
+                    "mix_users_per_request": agents.MIX_USERS,
                     "events_over_confluent_ceiling": full.events_per_s / conf.events_per_s}
     r["sink"] = sunk.as_dict()
     r["agents_limit_s"] = args.seconds

@@ -27,6 +27,7 @@ from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.model import apply_event
 from streams.records import UserRecord
+from streams.update import SESSION_GAP_S
 
 # Every stored action; Personalize PutUsers rows carry user metadata, not actions.
 ACTIONS = (
@@ -34,7 +35,8 @@ ACTIONS = (
 )
 EVENTS_BY_USER = (
     "SELECT program_id, user_id, toUnixTimestamp64Micro(event_timestamp) AS ts, event_type, "
-    f"labels, asset_labels, asset_id {ACTIONS} ORDER BY program_id, user_id"
+    f"labels, asset_labels, asset_id, update_session {ACTIONS} "
+    "ORDER BY program_id, user_id, event_timestamp"
 )
 LIVE_ASSETS = (
     "SELECT program_id, asset_id, labels, attributes, updated_at FROM assets FINAL "
@@ -81,11 +83,14 @@ def _users(store: Store, config_for: ModelConfigs,
     current: UserRecord | None = None
     with store.stream_rows(EVENTS_BY_USER) as blocks:
         for block in blocks:
-            for program_id, user_id, ts_us, event_type, labels, asset_labels, asset_id in block:
+            for row in block:
+                program_id, user_id, ts_us, event_type, labels, asset_labels, asset_id, session = row
                 if current is None or (current.program_id, current.user_id) != (program_id, user_id):
                     if current is not None:
                         yield current
                     current = UserRecord(program_id, user_id)
+                if session:
+                    current.touch_session(ts_us / 1e6, SESSION_GAP_S)
                 apply_event(current.state, config_for(program_id), ts_us / 1e6, event_type,
                             labels, asset_labels, asset_id)
                 current.events += 1

@@ -26,6 +26,9 @@ class SourceMessage(Protocol):
     value: bytes
 
 
+SESSION_GAP_S = 1800.0  # CrowdPower: a new session after 30 minutes without events
+
+
 def event_time(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -34,7 +37,7 @@ def apply_messages(
     record: UserRecord,
     messages: Iterable[SourceMessage],
     config_for: Callable[[str], ModelConfig],
-    session_gap_s: float = 1800.0,
+    session_gap_s: float = SESSION_GAP_S,
 ) -> bool:
     """Apply one user's messages (in offset order) to its record; skip those already in
     it. Returns whether the record changed (i.e. must be written)."""

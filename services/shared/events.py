@@ -40,7 +40,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "email": str,
     "properties": str,  # JSON text of the dialect's free-form properties
     "value": (int, float),
-    # Not stored: tells the agents to count the event as session activity (CrowdPower).
+    # CrowdPower: the agents count the event as session activity.
     "update_session": bool,
 }
 

@@ -76,14 +76,22 @@ def agents(loglevel: str = typer.Option("warn", help="crit, error, warn, info, d
 
 
 @app.command("rebuild-state")
-def rebuild_state() -> None:
+def rebuild_state(
+    force: bool = typer.Option(False, help="rebuild even if agent workers seem to be running"),
+) -> None:
     """Recompute user state and the catalog from ClickHouse (run with the agents stopped)."""
     from services.shared.clickhouse import Store
     from services.shared.kafka import ensure_topics
     from streams.rebuild import rebuild_state as rebuild
+    from streams.rebuild import running_agents
 
     settings = _settings()
     ensure_topics(settings)
+    if (members := running_agents(settings)) and not force:
+        typer.echo(f"{members} agent workers are running: stop them first (a running worker "
+                   "would not re-read the rebuilt state and would overwrite it), or --force",
+                   err=True)
+        raise typer.Exit(2)
     store = Store(settings)
     try:
         done = rebuild(settings, store)

@@ -108,6 +108,20 @@ def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
             producer.poll(0.1)
 
 
+def running_agents(settings: Settings) -> int:
+    """Members of the agents' consumer group (0 if unknown). Kafka reports them; Tansu
+    reports none even while workers run, so there the operator's word has to do."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    try:
+        group = settings.agents_app_id
+        described = admin.describe_consumer_groups([group])[group].result(10)
+        return len(described.members)
+    except Exception:  # noqa: BLE001 - a broker that cannot describe groups: unknown
+        return 0
+
+
 def _partition_of(key: bytes, partitions: int) -> int:
     """The partition murmur2 gives the key: where the gateway puts the user's events and
     where the agents' table (use_partitioner) keeps its state."""

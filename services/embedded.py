@@ -98,8 +98,8 @@ def run_embedded(settings: Settings) -> None:
 def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
     """The Faust worker in its own process (Faust owns its event loop and signals)."""
     env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
-    log_file = open(settings.data_dir / "agents.log", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "agents"], env=env,
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )
+    with open(settings.data_dir / "agents.log", "ab") as log_file:  # the child keeps its copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "agents"], env=env,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )

@@ -84,8 +84,9 @@ def create_app(settings: Settings) -> faust.App:
         confluent-kafka, awaited before the batch's events are acked (so before Faust
         commits their offsets): Faust's own changelog path cost ~230 us per write here,
         more than all the model's work."""
-        async for batch in stream.take_events(settings.agents_batch_max,
-                                              within=settings.agents_batch_seconds):
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
+            settings.agents_batch_max, within=settings.agents_batch_seconds
+        ):
             by_user: defaultdict[bytes, list[Any]] = defaultdict(list)
             for event in batch:
                 by_user[event.message.key].append(event.message)

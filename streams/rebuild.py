@@ -56,9 +56,9 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
     result = Rebuilt()
     with Progress(disable=not show_progress, transient=False) as progress:
         for asset in store.query(LIVE_ASSETS):
-            record = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
+            live = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
             _produce(producer, settings.topic_assets,
-                     asset_key(asset["program_id"], asset["asset_id"]), encode_asset(record))
+                     asset_key(asset["program_id"], asset["asset_id"]), encode_asset(live))
             result.assets += 1
         total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
         task = progress.add_task("rebuilding user state from ClickHouse", total=total,

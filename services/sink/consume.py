@@ -219,5 +219,5 @@ def _next_offsets(batch: list[Message]) -> list[TopicPartition]:
 
 
 def _from_gateway(message: Message) -> bool:
-    headers = message.headers()
-    return bool(headers) and any(k == WIRE_HEADER[0] for k, _ in headers)  # type: ignore[union-attr]
+    headers: list[tuple[str, bytes]] | None = message.headers()  # type: ignore[assignment]
+    return bool(headers) and any(k == WIRE_HEADER[0] for k, _ in headers or ())

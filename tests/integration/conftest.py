@@ -202,9 +202,10 @@ class Agents:
     def start(self) -> int:
         port = free_port() if self.workers else self.settings.agents_web_port
         env = env_for(self.settings) | {"SLUICE_AGENTS_WEB_PORT": str(port)}
-        log = open(self.log_dir / f"agents-{len(self.workers)}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "agents", "--loglevel", "info"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_dir / f"agents-{len(self.workers)}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "agents", "--loglevel", "info"],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append((proc, port))
         wait_for(lambda: self._serving(port), timeout_s=60)
         return len(self.workers) - 1

@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:
-        return web.json(stats)
+        # partitions: the source partitions this worker owns now (0 until it joined)
+        return web.json(stats | {"partitions": len(app.assignor.assigned_actives())})
 
     return app

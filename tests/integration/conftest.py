@@ -73,6 +73,7 @@ def settings(
         agents_app_id=f"agents-{tag}",
         agents_web_port=free_port(),
         popularity_ttl_s=0.0,
+        update_timeout_s=30.0,  # a loaded CI box is slow to rebalance; 504 only when stuck
         sink_group=f"sink-{tag}",
         sink_batch_seconds=0.2,
         publish_timeout_s=3.0,
@@ -208,7 +209,10 @@ class Agents:
                 env=env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append((proc, port))
         wait_for(lambda: self._serving(port), timeout_s=60)
-        return len(self.workers) - 1
+        index = len(self.workers) - 1
+        if index == 0:  # the first worker owns every partition once it joined the group
+            wait_for(lambda: self.stats(index)["partitions"] > 0, timeout_s=60)
+        return index
 
     def stats(self, i: int) -> dict:
         import httpx

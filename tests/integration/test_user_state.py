@@ -165,6 +165,9 @@ def test_worker_killed_loses_no_update_and_counts_none_twice(
     users = [f"user{i}" for i in range(40)]
     first = agents.start()
     second = agents.start()
+    # the group has rebalanced: each worker owns some of the partitions
+    wait_for(lambda: agents.stats(first)["partitions"] > 0 and agents.stats(second)["partitions"] > 0,
+             timeout_s=90, every_s=0.5)
     with running_sink(settings, store), TestClient(create_app(settings, store)) as client:
 
         def post(round_: int, ts: str, queue_updates: str) -> None:
@@ -176,7 +179,7 @@ def test_worker_killed_loses_no_update_and_counts_none_twice(
 
         post(0, T_MINUS_HALF_LIFE, "false")  # answered once both workers applied it
         wait_for(lambda: agents.stats(first)["messages"] > 0 and agents.stats(second)["messages"] > 0,
-                 timeout_s=5)
+                 timeout_s=30)
         agents.kill(second)
         # Accepted at the broker's ack; the takeover (session timeout, rebalance, changelog
         # recovery) takes seconds to tens of seconds on a busy machine: wait for the effect.

@@ -103,18 +103,19 @@ def rebuild_state(
 @app.command()
 def broker() -> None:
     """Only the embedded Tansu broker, in the foreground (for running roles separately)."""
-    import time
+    import threading
 
     from services.shared.broker import EmbeddedBroker
 
     settings = _settings()
     b = EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port).start()
     typer.echo(f"tansu listening on {b.bootstrap}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while b.process and b.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        while b.process and b.process.poll() is None and not stop.wait(0.5):
+            pass
     finally:
         b.stop()
 

@@ -44,9 +44,9 @@ from confluent_kafka import Producer
 
 from bench.gateway import GatewayProcess
 from bench.payload import PROGRAM, Messages, event_count, users_body, wire_batch, wire_headers
-from bench.procs import peak_rss_mib
+from bench.procs import log_tail, peak_rss_mib, stop_process
 from services.shared.broker import free_port
-from services.shared.kafka import ensure_topics, producer_config
+from services.shared.kafka import ensure_topics, produce_waiting, producer_config
 from services.shared.settings import Settings
 
 USER_POOL = 10_000  # users each request draws its users from
@@ -111,16 +111,10 @@ class AgentsProcess:
             time.sleep(0.1)
 
     def log_tail(self, n: int = 2000) -> str:
-        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        return log_tail(self.log_path, n)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 # -- throughput ----------------------------------------------------------------------------
@@ -173,12 +167,7 @@ def prefill(settings: Settings, n_events: int, users_per_request: int) -> tuple[
     while events < n_events:
         batch: Messages = requests[i % len(requests)]
         for key, value in batch:
-            while True:
-                try:
-                    producer.produce(settings.topic_events, value, key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.005)
+            produce_waiting(producer, settings.topic_events, value, key, headers)
         producer.poll(0)
         messages, events, i = messages + len(batch), events + event_count(batch), i + 1
     if producer.flush(60):

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.procs import log_tail, stop_process
+
 EVENTS_PER_REQUEST = 1000
 
 
@@ -130,16 +132,10 @@ class GatewayProcess:
             return f"{exc.code} {exc.read()[:500]!r}"
 
     def log_tail(self, n: int = 2000) -> str:
-        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        return log_tail(self.log_path, n)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
 
 
 def hey(url: str, body_file: Path, duration_s: int, clients: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -57,3 +58,18 @@ def foreign_cpu_s(before: dict[int, float]) -> float:
     now = cpu_seconds_by_pid()
     now.pop(os.getpid(), None)
     return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in now.items())
+
+
+def stop_process(process: subprocess.Popen[bytes], wait_s: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``wait_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def log_tail(path: Path, n: int = 2000) -> str:
+    return path.read_bytes()[-n:].decode(errors="replace")

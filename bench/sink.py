@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from bench.payload import event_count, wire_batches, wire_headers
 from bench.procs import peak_rss_mib, reset_peak_rss
 from services.shared.clickhouse import Store
-from services.shared.kafka import ensure_topics, producer_config
+from services.shared.kafka import ensure_topics, produce_waiting, producer_config
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 
@@ -85,12 +85,7 @@ def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[fl
     def one_chunk() -> tuple[float, float]:
         t0 = time.perf_counter()
         for key, value in chunk:
-            while True:
-                try:
-                    producer.produce(settings.topic_events, value, key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.005)
+            produce_waiting(producer, settings.topic_events, value, key, headers)
         if producer.flush(60):
             raise RuntimeError("prefill: the broker did not ack every event")
         t1 = time.perf_counter()

@@ -22,7 +22,7 @@ from rich.progress import Progress
 from services.shared.assets import asset_key, encode_asset, iso_utc
 from services.shared.clickhouse import Store
 from services.shared.events import message_key
-from services.shared.kafka import producer_config
+from services.shared.kafka import produce_waiting, producer_config
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.model import apply_event
@@ -57,8 +57,8 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
     with Progress(disable=not show_progress, transient=False) as progress:
         for asset in store.query(LIVE_ASSETS):
             live = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
-            _produce(producer, settings.topic_assets,
-                     asset_key(asset["program_id"], asset["asset_id"]), encode_asset(live))
+            produce_waiting(producer, settings.topic_assets, encode_asset(live),
+                            asset_key(asset["program_id"], asset["asset_id"]))
             result.assets += 1
         total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
         task = progress.add_task("rebuilding user state from ClickHouse", total=total,
@@ -69,7 +69,7 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
             key = message_key(record.program_id, record.user_id)
             partition = _partition_of(key, settings.events_partitions)
             record.partition, record.offset = partition, resume_at.get(partition, 0) - 1
-            _produce(producer, settings.topic_user_state, key, record.encode())
+            produce_waiting(producer, settings.topic_user_state, record.encode(), key)
             result.users += 1
             result.events += record.events
     if producer.flush(60) > 0:
@@ -97,15 +97,6 @@ def _users(store: Store, config_for: ModelConfigs,
             advance(len(block))
     if current is not None:
         yield current
-
-
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:
-            producer.poll(0.1)
 
 
 def running_agents(settings: Settings) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from services.shared.events import KEY_SEPARATOR, InvalidEvent
+from services.shared.events import KEY_SEPARATOR, InvalidEvent, parse_object
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "program_id": str,
@@ -41,14 +41,7 @@ def encode_asset(record: dict[str, Any]) -> bytes:
 
 
 def decode_asset(raw: bytes | None) -> dict[str, Any]:
-    if not raw:
-        raise InvalidEvent("empty message on the assets topic")
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise InvalidEvent("not a JSON object")
+    record = parse_object(raw, "empty message on the assets topic")
     for name, kind in FIELDS.items():
         if not isinstance(record.get(name), kind):
             raise InvalidEvent(f"asset field {name!r} is missing or not {kind}")

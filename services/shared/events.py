@@ -75,16 +75,22 @@ def decode_message(raw: bytes | None) -> list[dict[str, Any]]:
     return [decode(line) for line in lines(raw)]
 
 
-def decode(raw: bytes | None) -> dict[str, Any]:
-    """Parse and check one event line; raise :class:`InvalidEvent` saying what is wrong."""
+def parse_object(raw: bytes | None, empty: str) -> dict[str, Any]:
+    """One JSON object from a message; :class:`InvalidEvent` (``empty`` if there is none)."""
     if not raw:
-        raise InvalidEvent("empty event line")
+        raise InvalidEvent(empty)
     try:
-        event = orjson.loads(raw)
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"not JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise InvalidEvent(f"not a JSON object but {type(event).__name__}")
+    if not isinstance(parsed, dict):
+        raise InvalidEvent(f"not a JSON object but {type(parsed).__name__}")
+    return parsed
+
+
+def decode(raw: bytes | None) -> dict[str, Any]:
+    """Parse and check one event line; raise :class:`InvalidEvent` saying what is wrong."""
+    event = parse_object(raw, "empty event line")
     for name, kind in WIRE_FIELDS.items():
         value = event.get(name)
         if not isinstance(value, kind):

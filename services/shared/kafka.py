@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.shared.settings import Settings
@@ -87,3 +87,15 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+
+
+def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes,
+                    headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+    """produce(), waiting while librdkafka's local queue is full (bulk writers: rebuilds,
+    benches), instead of failing with BufferError."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.005)

@@ -1,10 +1,10 @@
 """The stream agents: one ``sluice agents`` worker's throughput, and end-to-end freshness.
 
 Throughput: a fresh events topic is pre-filled with the gateway's own messages (one per
-user per request, see payload.py), then ONE worker process starts on it with a fresh app
+partition per request, see payload.py), then ONE worker process starts on it with a fresh app
 id and is timed through its ``GET /stats`` page (``messages``, ``users_written``) from
 the first batch it reports to the last message (or a time cap). Messages are per
-(request, user), so the events per message (exact, from the payload) turn messages/s
+(request, partition), so the events per message (exact, from the payload) turn messages/s
 into events/s.
 
 Freshness: a ``sluice gateway`` process and one agents worker on one broker. Fresh users'
@@ -166,8 +166,8 @@ def prefill(settings: Settings, n_events: int, users_per_request: int) -> tuple[
     i = 0
     while events < n_events:
         batch: Messages = requests[i % len(requests)]
-        for key, value in batch:
-            produce_waiting(producer, settings.topic_events, value, key, headers)
+        for key, value, partition in batch:
+            produce_waiting(producer, settings.topic_events, value, key, headers, partition)
         producer.poll(0)
         messages, events, i = messages + len(batch), events + event_count(batch), i + 1
     if producer.flush(60):

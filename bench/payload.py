@@ -2,8 +2,8 @@
 
 The messages come from the gateway's own code path (``parse_event_list`` then
 ``ingest``), with its publisher and views replaced by a recorder, so the producer
-ceiling and the sink see byte for byte what the gateway publishes (one message per user
-per request, its events as newline-separated JSON lines), whatever that shape becomes.
+ceiling and the sink see byte for byte what the gateway publishes (one message per
+partition per request, its events as newline-separated JSON lines), whatever that shape becomes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ BATCH = 1000
 PROGRAM = "bench"
 TYPES = ("view", "click", "add_to_cart", "purchase", "like")
 LABELS = ("red", "blue", "shoes", "sale", "new", "summer", "kids", "premium")
-Messages = list[tuple[bytes, bytes]]
+Messages = list[tuple[bytes | None, bytes, int]]  # (key, value, partition)
 Headers = list[tuple[str, bytes]] | None
 
 
@@ -75,11 +75,16 @@ class _Recorder:
         self.messages: Messages = []
         self.headers: Headers = None
 
-    async def publish(self, messages: Sequence[tuple[bytes, bytes]], topic: str | None = None,
-                      headers: Headers = None) -> dict[bytes, tuple[int, int]]:
-        self.messages = list(messages)
+    async def publish(self, messages: Sequence[tuple[bytes | None, bytes]], topic: str | None = None,
+                      headers: Headers = None,
+                      partitions: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        where = partitions or [-1] * len(messages)
+        self.messages = [(key, value, p) for (key, value), p in zip(messages, where, strict=True)]
         self.headers = headers
-        return {}
+        return [(p, 0) for p in where]
+
+    def partition_count(self) -> int:
+        return int(_GATEWAY.settings.events_partitions)
 
     def catalog(self, _program_id: str) -> dict[str, Any]:
         return {}  # no asset catalog in the bench: asset_labels stay empty
@@ -91,7 +96,7 @@ _GATEWAY: Any = SimpleNamespace(settings=Settings(), publisher=_RECORDER, views=
 
 def wire_batch(body: bytes, program_id: str = PROGRAM,
                runner: asyncio.Runner | None = None) -> Messages:
-    """The (key, value) messages the gateway's POST /events?queue_updates=true publishes."""
+    """The (key, value, partition) messages the gateway's POST /events?queue_updates=true publishes."""
     events = parse_event_list(body)
     call = ingest(_GATEWAY, program_id, events, queue_updates=True, process_user_actions=True,
                   source="actionhub")
@@ -110,7 +115,7 @@ def wire_headers() -> Headers:
 
 
 def event_count(messages: Messages) -> int:
-    return sum(value.count(b"\n") + 1 for _, value in messages)
+    return sum(value.count(b"\n") + 1 for _, value, _ in messages)
 
 
 def wire_batches(n_events: int, distinct_bodies: int = 20) -> Iterator[Messages]:

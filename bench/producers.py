@@ -2,7 +2,7 @@
 
 These two figures are the evidence behind the gateway's choice of producer library
 (confluent-kafka): same wire events, same broker, same acks=all, the only difference
-is the client. The gateway sends one message per user per request (its events as JSON
+is the client. The gateway sends one message per partition per request (its events as JSON
 lines), so the ceiling is given in messages/s and in events/s. aiokafka runs with ``enable_idempotence=False`` because its idempotent
 producer fails on Tansu (InitProducerId); that only makes it cheaper, not slower.
 """
@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
-from bench.payload import api_body, event_count, wire_batch, wire_headers
+from bench.payload import Messages, api_body, event_count, wire_batch, wire_headers
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
 
-Batch = list[tuple[bytes, bytes]]
+Batch = Messages
 
 
 @dataclass
@@ -68,10 +68,11 @@ def confluent_ceiling(bootstrap: str, topic: str, batches: list[Batch],
     start = time.perf_counter()
     i = 0
     while time.perf_counter() - start < duration_s:
-        for key, value in batches[i % len(batches)]:
+        for key, value, partition in batches[i % len(batches)]:
             while True:
                 try:
-                    produce(topic, value, key, on_delivery=delivered, headers=headers)
+                    produce(topic, value, key, partition=partition, on_delivery=delivered,
+                            headers=headers)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     poll(0.005)
@@ -97,8 +98,8 @@ async def _aiokafka(bootstrap: str, topic: str, batches: list[Batch],
         start = time.perf_counter()
         i = 0
         while time.perf_counter() - start < duration_s:
-            futures = [await producer.send(topic, value, key, headers=headers)
-                       for key, value in batches[i % len(batches)]]
+            futures = [await producer.send(topic, value, key, partition=partition, headers=headers)
+                       for key, value, partition in batches[i % len(batches)]]
             for result in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(result, BaseException):
                     err += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from bench.payload import event_count, wire_batches, wire_headers
+from bench.payload import Messages, event_count, wire_batches, wire_headers
 from bench.procs import peak_rss_mib, reset_peak_rss
 from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics, produce_waiting, producer_config
@@ -79,17 +79,17 @@ def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[fl
     _create_raw_table(store)
     producer = Producer(producer_config(settings))
     headers = wire_headers()  # the gateway's: the sink trusts such lines
-    chunk: list[tuple[bytes, bytes]] = []
+    chunk: Messages = []
     insert_s = produce_s = 0.0
 
     def one_chunk() -> tuple[float, float]:
         t0 = time.perf_counter()
-        for key, value in chunk:
-            produce_waiting(producer, settings.topic_events, value, key, headers)
+        for key, value, partition in chunk:
+            produce_waiting(producer, settings.topic_events, value, key, headers, partition)
         if producer.flush(60):
             raise RuntimeError("prefill: the broker did not ack every event")
         t1 = time.perf_counter()
-        store.insert_json_rows(RAW_TABLE, b"\n".join(value for _, value in chunk))  # = rows
+        store.insert_json_rows(RAW_TABLE, b"\n".join(value for _, value, _ in chunk))  # = rows
         return t1 - t0, time.perf_counter() - t1
 
     rows = 0

@@ -5,15 +5,14 @@ the app id). State lives in memory and in the table's changelog topic, from whic
 worker that takes over partitions recovers it.
 
 Messages are consumed as raw bytes and processed in batches (``take_events``): one read
-and one write of the table per user per batch. The table uses the partitioner, so its
-changelog partition is the murmur2 partition of the key, the same partition the gateway
-produced the user's events to: whoever owns a source partition recovers exactly the
+and one write of the table per user per batch. A user's state is written to the changelog
+partition of the source partition its events came from (the murmur2 partition of its
+key, see services.shared.events): whoever owns a source partition recovers exactly the
 states of its users.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import aiokafka
@@ -25,7 +24,7 @@ from services.shared.events import KEY_SEPARATOR
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.records import UserRecord
-from streams.update import apply_messages
+from streams.update import apply_messages, split_by_user
 
 
 def _limit_fetch_wait(max_wait_ms: int) -> None:
@@ -87,24 +86,23 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             settings.agents_batch_max, within=settings.agents_batch_seconds
         ):
-            by_user: defaultdict[bytes, list[Any]] = defaultdict(list)
-            for event in batch:
-                by_user[event.message.key].append(event.message)
             written: list[tuple[bytes, bytes]] = []
-            for key, messages in by_user.items():
+            partitions: list[int] = []
+            for key, entries in split_by_user(event.message for event in batch).items():
                 current = user_state.data.get(key)
                 if current is not None:
                     record = UserRecord.decode(current)
                 else:
                     program_id, _, user_id = key.decode().partition(KEY_SEPARATOR)
                     record = UserRecord(program_id, user_id)
-                messages.sort(key=lambda m: m.offset)
-                if apply_messages(record, messages, config_for):
+                entries.sort(key=lambda entry: entry.offset)
+                if apply_messages(record, entries, config_for):
                     value = record.encode()
                     user_state.data[key] = value
                     written.append((key, value))
-            # same key, same murmur2 partition: the changelog partition is the source's
-            await changelog.publish(written, topic=settings.topic_user_state)
+                    partitions.append(entries[-1].partition)
+            # a user's state goes to the changelog partition of its events' partition
+            await changelog.publish(written, topic=settings.topic_user_state, partitions=partitions)
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
 

@@ -21,7 +21,7 @@ from rich.progress import Progress
 
 from services.shared.assets import asset_key, encode_asset, iso_utc
 from services.shared.clickhouse import Store
-from services.shared.events import message_key
+from services.shared.events import message_key, partition_for
 from services.shared.kafka import produce_waiting, producer_config
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
@@ -67,7 +67,7 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
         config_for = ModelConfigs(settings)
         for record in _users(store, config_for, lambda n: progress.advance(task, n)):
             key = message_key(record.program_id, record.user_id)
-            partition = _partition_of(key, settings.events_partitions)
+            partition = partition_for(key, settings.events_partitions)
             record.partition, record.offset = partition, resume_at.get(partition, 0) - 1
             produce_waiting(producer, settings.topic_user_state, record.encode(), key)
             result.users += 1
@@ -111,14 +111,6 @@ def running_agents(settings: Settings) -> int:
         return len(described.members)
     except Exception:  # noqa: BLE001 - a broker that cannot describe groups: unknown
         return 0
-
-
-def _partition_of(key: bytes, partitions: int) -> int:
-    """The partition murmur2 gives the key: where the gateway puts the user's events and
-    where the agents' table (use_partitioner) keeps its state."""
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _agents_positions(settings: Settings) -> dict[int, int]:

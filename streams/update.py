@@ -1,19 +1,21 @@
 """Source messages -> updated user records: the agents' work, without Faust.
 
-Called once per batch with the messages grouped by user key, so each user's record is
-read and written once per batch however many of its events the batch holds.
+Called once per batch: the batch's messages are split by user (each line names its
+user), so each user's record is read and written once per batch however many of its
+events the batch holds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 import orjson
 
-from services.shared.events import InvalidEvent, lines
+from services.shared.events import InvalidEvent, lines, message_key
 from streams.model import ModelConfig, apply_event
 from streams.records import UserRecord
 
@@ -33,38 +35,64 @@ def event_time(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def apply_messages(
-    record: UserRecord,
-    messages: Iterable[SourceMessage],
-    config_for: Callable[[str], ModelConfig],
-    session_gap_s: float = SESSION_GAP_S,
-) -> bool:
-    """Apply one user's messages (in offset order) to its record; skip those already in
-    it. Returns whether the record changed (i.e. must be written)."""
-    changed = False
+# (event time, program, event type, labels, asset labels, asset, counts as session activity)
+Action = tuple[float, str, str, list[str], list[str], str, bool]
+
+
+@dataclass(slots=True)
+class UserEvents:
+    """What one source message holds for one user: the actions it asks to apply."""
+
+    partition: int
+    offset: int
+    actions: list[Action] = field(default_factory=list)
+
+
+def split_by_user(messages: Iterable[SourceMessage]) -> dict[bytes, list[UserEvents]]:
+    """Source messages (a request's bundle for one partition, or one user's events) ->
+    per user key, what each message holds for that user, in the messages' order.
+
+    Lines are parsed, not re-checked field by field: the sink does that and dead-letters
+    what is malformed; here a malformed message is skipped as a whole. Events with
+    ``process_user_actions=false`` are left out, so they change no state."""
+    by_user: dict[bytes, list[UserEvents]] = {}
     for message in messages:
-        if record.applied(message.partition, message.offset):
-            continue  # a replay after a crash or a rebalance: already counted
         try:
-            # Parsed, not re-checked field by field: the sink does that and dead-letters
-            # what is malformed; here a malformed message is skipped as a whole.
-            events = [
-                (event_time(e["event_timestamp"]), e["program_id"], e["event_type"], e["labels"],
-                 e.get("asset_labels") or (), e["asset_id"], bool(e.get("update_session")))
-                for e in map(orjson.loads, lines(message.value))
-                if e["process_user_actions"]
-            ]
+            per_user: dict[bytes, list[Action]] = {}
+            for e in map(orjson.loads, lines(message.value)):
+                if e["process_user_actions"]:
+                    per_user.setdefault(message_key(e["program_id"], e["user_id"]), []).append((
+                        event_time(e["event_timestamp"]), e["program_id"], e["event_type"],
+                        e["labels"], e.get("asset_labels") or [], e["asset_id"],
+                        bool(e.get("update_session")),
+                    ))
         except (InvalidEvent, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipping message %s/%s: %r (the sink dead-letters it)",
                         message.partition, message.offset, exc)
             continue
-        for ts, program_id, event_type, labels, asset_labels, asset_id, session in events:
+        for key, actions in per_user.items():
+            by_user.setdefault(key, []).append(UserEvents(message.partition, message.offset, actions))
+    return by_user
+
+
+def apply_messages(
+    record: UserRecord,
+    entries: Iterable[UserEvents],
+    config_for: Callable[[str], ModelConfig],
+    session_gap_s: float = SESSION_GAP_S,
+) -> bool:
+    """Apply one user's events, message by message in offset order, to its record; skip
+    the messages already in it. Returns whether the record changed (must be written)."""
+    changed = False
+    for entry in entries:
+        if record.applied(entry.partition, entry.offset):
+            continue  # a replay after a crash or a rebalance: already counted
+        for ts, program_id, event_type, labels, asset_labels, asset_id, session in entry.actions:
             if session:
                 record.touch_session(ts, session_gap_s)
             apply_event(record.state, config_for(program_id), ts, event_type, labels,
                         asset_labels, asset_id)
             record.events += 1
-            changed = True
-        if changed:
-            record.partition, record.offset = message.partition, message.offset
+        record.partition, record.offset = entry.partition, entry.offset
+        changed = True
     return changed

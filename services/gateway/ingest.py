@@ -4,8 +4,8 @@ Every dialect adapter turns its request into canonical event dicts (user_id,
 event_timestamp, event_type, asset_id, labels, and any of the optional fields, but none
 of the fields the server owns: program_id, event_id, received_at, the flags, source,
 asset_labels) and calls
-:func:`ingest`; it fills in what the server owns, groups the events by user into one
-message each, publishes with acks=all and, for ``queue_updates=false``, waits for the
+:func:`ingest`; it fills in what the server owns, bundles the events per partition (see
+:mod:`services.shared.events`), publishes with acks=all and, for ``queue_updates=false``, waits for the
 agents. Failures are raised (BrokerUnavailable, UpdateTimeout) for each dialect to
 answer in its vendor's own shape.
 """
@@ -21,7 +21,7 @@ import orjson
 from services.gateway.deps import Gateway
 from services.gateway.errors import UpdateTimeout
 from services.gateway.validate import new_event_ids
-from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key
+from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key, partition_for
 
 # event_id of an event with a client-side id: the same (program, source, client id) always
 # gives the same event_id, so a retried request collapses in ClickHouse instead of doubling.
@@ -60,9 +60,49 @@ async def ingest(
             b'","asset_labels":', dumps(labels), b",", tail,
         ))
         by_user.setdefault(event["user_id"], []).append(line)
-    messages = [(message_key(program_id, user), b"\n".join(lines)) for user, lines in by_user.items()]
-    positions = await gateway.publisher.publish(messages, headers=[WIRE_HEADER])
+    bundles = Bundles(gateway.publisher.partition_count(), gateway.settings.message_max_bytes)
+    for user, lines in by_user.items():
+        bundles.add(message_key(program_id, user), lines)
+    positions = await gateway.publisher.publish(
+        [(None, value) for value in bundles.values()], headers=[WIRE_HEADER],
+        partitions=bundles.partitions,
+    )
     wait = not queue_updates and process_user_actions
-    if wait and not await gateway.views.wait_applied(positions, gateway.settings.update_timeout_s):
-        raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
+    if wait:
+        targets = {key: positions[index] for key, index in bundles.message_of.items()}
+        if not await gateway.views.wait_applied(targets, gateway.settings.update_timeout_s):
+            raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
     return len(events)
+
+
+class Bundles:
+    """One request's event lines -> messages of at most ``max_bytes`` per partition.
+
+    Each user's lines go, in order, to its key's partition; ``message_of`` says which
+    message holds the user's last line (the one a ``queue_updates=false`` POST waits for)."""
+
+    def __init__(self, partitions: int, max_bytes: int) -> None:
+        self.partition_count = partitions
+        self.max_bytes = max_bytes
+        self.partitions: list[int] = []  # per message: its partition
+        self.chunks: list[list[bytes]] = []  # per message: its lines
+        self.message_of: dict[bytes, int] = {}
+        self._sizes: list[int] = []
+        self._filling: dict[int, int] = {}  # partition -> the message being filled
+
+    def add(self, key: bytes, lines: list[bytes]) -> None:
+        partition = partition_for(key, self.partition_count)
+        index = self._filling.get(partition)
+        for line in lines:
+            if index is None or self._sizes[index] and self._sizes[index] + len(line) > self.max_bytes:
+                index = self._filling[partition] = len(self.chunks)
+                self.partitions.append(partition)
+                self.chunks.append([])
+                self._sizes.append(0)
+            self.chunks[index].append(line)
+            self._sizes[index] += len(line) + 1
+        if index is not None:
+            self.message_of[key] = index
+
+    def values(self) -> list[bytes]:
+        return [b"\n".join(chunk) for chunk in self.chunks]

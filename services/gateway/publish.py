@@ -13,12 +13,15 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
+
+PARTITIONS_TTL_S = 30.0  # how often a publisher re-reads partition counts (scale-out)
 
 
 class BrokerUnavailable(Exception):
@@ -35,14 +38,14 @@ class _BatchAck:
         self.error: KafkaError | None = None
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
-        self.positions: dict[bytes, tuple[int, int]] = {}
+        self.positions: list[tuple[int, int]] = [(-1, -1)] * pending
 
-    def delivered(self, err: KafkaError | None, msg: Any) -> None:
+    def delivered(self, index: int, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             if self.error is None:
                 self.error = err
         else:
-            self.positions[msg.key()] = (msg.partition(), msg.offset())
+            self.positions[index] = (msg.partition(), msg.offset())
         self.pending -= 1
         if self.pending == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -57,34 +60,46 @@ class Publisher:
         self.settings = settings
         self.topic = settings.topic_events
         self.producer = Producer(producer_config(settings))
+        # read by the poll thread as soon as it starts, before any request comes
+        self._partitions: dict[str, int] = {self.topic: settings.events_partitions}
+        self._refresh_partitions = threading.Event()
+        self._refresh_partitions.set()
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
+        refreshed = 0.0
         while self._running:
             self.producer.poll(0.05)
+            if self._refresh_partitions.is_set() or time.monotonic() - refreshed > PARTITIONS_TTL_S:
+                self._refresh_partitions.clear()
+                self._read_partitions()
+                refreshed = time.monotonic()
 
     async def publish(
         self,
-        messages: Sequence[tuple[bytes, bytes]],
+        messages: Sequence[tuple[bytes | None, bytes]],
         topic: str | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> dict[bytes, tuple[int, int]]:
-        """Produce (key, value) pairs; return when all are acked, else raise BrokerUnavailable.
-        Returns where each key's (last) message landed: key -> (partition, offset)."""
+        partitions: Sequence[int] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Produce (key, value) pairs, to the given partitions or by key; return when all are
+        acked, else raise BrokerUnavailable. Returns where each message landed, in order:
+        (partition, offset)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.publish_timeout_s
         ack = _BatchAck(len(messages), loop)
         if not messages:
-            return {}
+            return []
         produce, delivered = self.producer.produce, ack.delivered
         topic = topic or self.topic
         i = 0
         while i < len(messages):
             key, value = messages[i]
             try:
-                produce(topic, value, key, on_delivery=delivered, headers=headers)
+                produce(topic, value, key, partition=-1 if partitions is None else partitions[i],
+                        on_delivery=partial(delivered, i), headers=headers)
                 i += 1
             except BufferError:
                 # librdkafka's local queue is full: the broker is slow or gone.
@@ -102,6 +117,25 @@ class Publisher:
         if ack.error is not None:
             raise BrokerUnavailable(f"the broker refused the events: {ack.error.str()}")
         return ack.positions
+
+    def partition_count(self, topic: str | None = None) -> int:
+        """Partitions of ``topic`` as the broker last said (re-read every PARTITIONS_TTL_S on
+        the poll thread); until the broker answered, the configured count."""
+        topic = topic or self.topic
+        count = self._partitions.get(topic)
+        if count is None:
+            self._partitions[topic] = count = self.settings.events_partitions
+            self._refresh_partitions.set()
+        return count
+
+    def _read_partitions(self) -> None:
+        for topic in list(self._partitions):
+            try:
+                meta = self.producer.list_topics(topic, timeout=5).topics.get(topic)
+            except KafkaException:
+                continue
+            if meta is not None and meta.error is None and meta.partitions:
+                self._partitions[topic] = len(meta.partitions)
 
     def broker_reachable(self, timeout_s: float = 1.0) -> bool:
         """A metadata round trip to the broker (blocking: call it off the event loop)."""

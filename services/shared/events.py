@@ -5,16 +5,24 @@ stream agents) reads it. The wire form is JSON lines: each line one orjson-encod
 event whose keys are exactly the ClickHouse ``events`` columns, so the sink hands the
 raw bytes to ``INSERT ... FORMAT JSONEachRow`` without re-encoding them.
 
-One Kafka message carries one user's events from one request, in request order, keyed
-``program_id + "\\x1f" + user_id``: one user's events share a partition and stay in
-order, and every consumer pays its per-message cost (produce call, delivery report,
-Faust's stream machinery) once per user and request rather than once per event.
+Where an event goes: its user key ``program_id + "\\x1f" + user_id`` picks the partition
+with Kafka's own partitioner (murmur2, as the Java client and librdkafka's
+``murmur2_random`` do), so one user's events share a partition and stay in order, and
+the agents' state of a user lives on that partition too.
+
+What one message holds: the gateway bundles a request's events per partition, one
+message per (request, partition) with no key, each user's events in request order.
+Every consumer pays its per-message cost (produce call, delivery report, Faust's stream
+machinery) a few times per request rather than once per user or event. Consumers read
+the user of each line from the line itself, so a producer that sends per-user keyed
+messages through the same partitioner is read the same way.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import murmurhash2
 import orjson
 
 # Column name -> Python type the wire value must have. Order = ClickHouse column order.
@@ -56,6 +64,14 @@ class InvalidEvent(ValueError):
 
 def message_key(program_id: str, user_id: str) -> bytes:
     return f"{program_id}{KEY_SEPARATOR}{user_id}".encode()
+
+
+MURMUR2_SEED = 0x9747B28C  # Kafka's DefaultPartitioner / librdkafka's murmur2
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key``: murmur2, made positive."""
+    return (murmurhash2.murmurhash2(key, MURMUR2_SEED) & 0x7FFFFFFF) % partitions
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -89,13 +89,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                 raise
 
 
-def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes,
-                    headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None,
+                    headers: list[tuple[str, str | bytes | None]] | None = None,
+                    partition: int = -1) -> None:
     """produce(), waiting while librdkafka's local queue is full (bulk writers: rebuilds,
     benches), instead of failing with BufferError."""
     while True:
         try:
-            producer.produce(topic, value, key, headers=headers)
+            producer.produce(topic, value, key, partition=partition, headers=headers)
             return
         except BufferError:
             producer.poll(0.005)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503.")
     producer_linger_ms: float = 2.0
+    message_max_bytes: int = Field(
+        900_000, description="A request's events for one partition are split into messages of "
+        "at most this many bytes (Kafka's default message.max.bytes is about 1 MB)."
+    )
     keys_file: Path | None = Field(
         None, description="API keys (JSON, mode 0600; `sluice keys create`). Unset: no auth."
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import orjson
+from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
 from services.shared.clickhouse import Store
-from services.shared.events import message_key
+from services.shared.events import message_key, partition_for
+from services.shared.kafka import producer_config
 from services.shared.settings import Settings
 from tests.integration.conftest import event, read_topic, wait_for
 
@@ -56,19 +58,44 @@ def test_posted_events_land_in_clickhouse_once_with_every_field(
     assert other_program.json() == {"events": []}
 
 
-def test_queue_updates_defaults_to_false_and_events_are_keyed_by_user(
+def test_queue_updates_defaults_to_false_and_events_go_to_their_users_partition(
     pipeline: TestClient, settings: Settings
 ) -> None:
+    users = [f"user{i}" for i in range(40)]
     # process_user_actions=false: no user update to wait for, so no agents are needed here
-    response = pipeline.post("/events?process_user_actions=false", json={"events": [event("carol")]},
+    response = pipeline.post("/events?process_user_actions=false",
+                             json={"events": [event(u) for u in users] + [event("user0", "a9")]},
                              headers={"program-id": "p"})
     assert response.status_code == 200
-    messages = read_topic(settings.bootstrap, settings.topic_events, at_least=1)
-    assert len(messages) == 1
-    assert messages[0].key() == message_key("p", "carol")
-    wire = orjson.loads(messages[0].value())
-    assert wire["queue_updates"] is False and wire["process_user_actions"] is False
-    assert wire["event_timestamp"] == "2026-11-20T10:00:00Z"
+    messages = read_topic(settings.bootstrap, settings.topic_events, at_least=settings.events_partitions)
+    # one message per partition, none keyed; each line on its user's key's partition
+    assert len(messages) == settings.events_partitions
+    assert {m.partition() for m in messages} == set(range(settings.events_partitions))
+    seen = []
+    for message in messages:
+        assert message.key() is None
+        for line in message.value().split(b"\n"):
+            wire = orjson.loads(line)
+            assert wire["queue_updates"] is False and wire["process_user_actions"] is False
+            assert wire["event_timestamp"] == "2026-11-20T10:00:00Z"
+            key = message_key("p", wire["user_id"])
+            assert message.partition() == partition_for(key, settings.events_partitions)
+            seen.append((wire["user_id"], wire["asset_id"]))
+    assert sorted(seen) == sorted([(u, "a1") for u in users] + [("user0", "a9")])
+    assert seen.index(("user0", "a1")) < seen.index(("user0", "a9"))  # one user's order kept
+
+
+def test_the_gateway_places_users_where_librdkafka_places_their_keys(settings: Settings) -> None:
+    """A producer sending per-user keyed messages (Kafka's partitioner) lands where the
+    gateway's bundles do, so its events and the gateway's meet the same agent."""
+    producer = Producer(producer_config(settings))
+    landed: dict[bytes, int] = {}
+    keys = [message_key("p", f"user{i}") for i in range(200)]
+    for key in keys:
+        producer.produce(settings.topic_assets, b"{}", key,
+                         on_delivery=lambda err, msg: landed.__setitem__(msg.key(), msg.partition()))
+    assert producer.flush(20) == 0
+    assert landed == {key: partition_for(key, settings.events_partitions) for key in keys}
 
 
 def test_many_batches_arrive_exactly_once(pipeline: TestClient, store: Store) -> None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.shared.events import InvalidEvent, decode, decode_message, lines, message_key
+from services.shared.events import (
+    InvalidEvent,
+    decode,
+    decode_message,
+    lines,
+    message_key,
+    partition_for,
+)
 
 GOOD = {"program_id": "p", "event_id": "e", "user_id": "u", "event_timestamp": "2026-01-01T00:00:00Z",
         "event_type": "view", "asset_id": "a", "labels": ["x"], "received_at": "2026-01-01T00:00:01Z",
@@ -44,3 +51,15 @@ def test_a_message_holds_json_lines() -> None:
         lines(b"")
     with pytest.raises(InvalidEvent, match="asset_labels"):
         decode(orjson.dumps(GOOD | {"asset_labels": "y"}))
+
+
+# Kafka's own murmur2 test vectors (clients/src/test/.../UtilsTest.java), as signed ints.
+@pytest.mark.parametrize(
+    ("key", "murmur2"),
+    [(b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536),
+     (b"a-little-bit-longer-string", -1486304829), (b"abc", 479470107),
+     (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971)],
+)
+def test_partition_for_is_kafkas_default_partitioner(key: bytes, murmur2: int) -> None:
+    for partitions in (1, 4, 7, 100):
+        assert partition_for(key, partitions) == (murmur2 & 0x7FFFFFFF) % partitions

@@ -37,10 +37,13 @@ async def ingest(
     process_user_actions: bool,
     source: str,
 ) -> int:
-    """Publish canonical events; returns how many were accepted (all, or it raises)."""
-    # Fields the server owns are the same for the whole request: encoded once, appended
-    # to each event's own JSON (which must not carry them).
-    tail = orjson.dumps({
+    """Publish canonical events; returns how many were accepted (all, or it raises).
+
+    The per-event work is kept to a few C calls (this loop is the gateway's hot path):
+    the event's own dict gets its event_id and asset_labels and is encoded once; the
+    fields the server owns are the same for the whole request, encoded once and appended
+    to each line; each user's partition is hashed once per request."""
+    tail = b"," + orjson.dumps({
         "program_id": program_id,
         "received_at": datetime.now(UTC),
         "queue_updates": queue_updates,
@@ -48,61 +51,74 @@ async def ingest(
         "source": source,
     }, option=ENCODE_OPTIONS)[1:]
     asset_labels = gateway.views.catalog(program_id).get
-    dumps = orjson.dumps
-    by_user: dict[str, list[bytes]] = {}
-    for event, event_id in zip(events, new_event_ids(len(events))):
+    dumps, options = orjson.dumps, ENCODE_OPTIONS
+    partitions = gateway.publisher.partition_count()
+    partition_of: dict[str, int] = {}
+    lines_of: dict[int, list[bytes]] = {}  # partition -> its lines, each user's in order
+    for event, event_id in zip(events, new_event_ids(len(events)), strict=True):
         client_id = event.get("client_event_id")
         if client_id:
             event_id = str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{program_id}\x1f{source}\x1f{client_id}"))
-        labels = asset_labels(event["asset_id"], ()) if event["asset_id"] else ()
-        line = b"".join((
-            dumps(event, option=ENCODE_OPTIONS)[:-1], b',"event_id":"', event_id.encode(),
-            b'","asset_labels":', dumps(labels), b",", tail,
-        ))
-        by_user.setdefault(event["user_id"], []).append(line)
-    bundles = Bundles(gateway.publisher.partition_count(), gateway.settings.message_max_bytes)
-    for user, lines in by_user.items():
-        bundles.add(message_key(program_id, user), lines)
+        event["event_id"] = event_id
+        event["asset_labels"] = asset_labels(event["asset_id"], ()) if event["asset_id"] else ()
+        user = event["user_id"]
+        partition = partition_of.get(user)
+        if partition is None:
+            partition = partition_of[user] = partition_for(message_key(program_id, user), partitions)
+        line = dumps(event, option=options)[:-1] + tail
+        if (lines := lines_of.get(partition)) is None:
+            lines_of[partition] = [line]
+        else:
+            lines.append(line)
+    bundles = Bundles(lines_of, gateway.settings.message_max_bytes)
     positions = await gateway.publisher.publish(
-        [(None, value) for value in bundles.values()], headers=[WIRE_HEADER],
+        [(None, value) for value in bundles.values], headers=[WIRE_HEADER],
         partitions=bundles.partitions,
     )
-    wait = not queue_updates and process_user_actions
-    if wait:
-        targets = {key: positions[index] for key, index in bundles.message_of.items()}
+    if not queue_updates and process_user_actions:
+        targets = {
+            message_key(program_id, user): positions[bundles.message_of(user, partition)]
+            for user, partition in partition_of.items()
+        }
         if not await gateway.views.wait_applied(targets, gateway.settings.update_timeout_s):
             raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
     return len(events)
 
 
 class Bundles:
-    """One request's event lines -> messages of at most ``max_bytes`` per partition.
+    """A request's lines per partition -> its messages: one per partition, or (rarely,
+    beyond ``max_bytes``) several, split between lines. ``message_of`` says which message
+    holds a user's last line: the one a ``queue_updates=false`` POST waits for."""
 
-    Each user's lines go, in order, to its key's partition; ``message_of`` says which
-    message holds the user's last line (the one a ``queue_updates=false`` POST waits for)."""
-
-    def __init__(self, partitions: int, max_bytes: int) -> None:
-        self.partition_count = partitions
-        self.max_bytes = max_bytes
+    def __init__(self, lines_of: dict[int, list[bytes]], max_bytes: int) -> None:
         self.partitions: list[int] = []  # per message: its partition
-        self.chunks: list[list[bytes]] = []  # per message: its lines
-        self.message_of: dict[bytes, int] = {}
-        self._sizes: list[int] = []
-        self._filling: dict[int, int] = {}  # partition -> the message being filled
+        self.values: list[bytes] = []  # per message: its lines, joined
+        self._message_of_partition: dict[int, int] = {}
+        self._message_of_user: dict[str, int] = {}  # users of split partitions only
+        for partition, lines in lines_of.items():
+            if sum(map(len, lines)) + len(lines) - 1 <= max_bytes:
+                self._add(partition, lines)
+            else:
+                self._split(partition, lines, max_bytes)
 
-    def add(self, key: bytes, lines: list[bytes]) -> None:
-        partition = partition_for(key, self.partition_count)
-        index = self._filling.get(partition)
+    def _add(self, partition: int, lines: list[bytes]) -> None:
+        self._message_of_partition[partition] = len(self.values)
+        self.partitions.append(partition)
+        self.values.append(b"\n".join(lines))
+
+    def _split(self, partition: int, lines: list[bytes], max_bytes: int) -> None:
+        chunk: list[bytes] = []
+        size = 0
         for line in lines:
-            if index is None or self._sizes[index] and self._sizes[index] + len(line) > self.max_bytes:
-                index = self._filling[partition] = len(self.chunks)
-                self.partitions.append(partition)
-                self.chunks.append([])
-                self._sizes.append(0)
-            self.chunks[index].append(line)
-            self._sizes[index] += len(line) + 1
-        if index is not None:
-            self.message_of[key] = index
+            if chunk and size + len(line) > max_bytes:
+                self._add(partition, chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 1
+            # the message this line will be in; the user's last line decides
+            self._message_of_user[orjson.loads(line)["user_id"]] = len(self.values)
+        self._add(partition, chunk)
 
-    def values(self) -> list[bytes]:
-        return [b"\n".join(chunk) for chunk in self.chunks]
+    def message_of(self, user: str, partition: int) -> int:
+        index = self._message_of_user.get(user)
+        return self._message_of_partition[partition] if index is None else index

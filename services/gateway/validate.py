@@ -118,14 +118,22 @@ def errors_of(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # byte 6: version nibble 4
+_RFC_4122 = bytes((b & 0x3F) | 0x80 for b in range(256))  # byte 8: variant bits 10
+# where each of a UUID's 32 hex digits goes in its 36-character text (after the dashes)
+_TEXT_POSITIONS = [i + (i >= 8) + (i >= 12) + (i >= 16) + (i >= 20) for i in range(32)]
+
+
 def new_event_ids(n: int) -> list[str]:
-    """n random (version 4) UUID strings from one urandom call: uuid.uuid4() per event
-    costs about 2 us, a fifth of the gateway's per-event budget."""
-    buf = bytearray(os.urandom(16 * n))
-    buf[6::16] = bytes((b & 0x0F) | 0x40 for b in buf[6::16])  # version 4
-    buf[8::16] = bytes((b & 0x3F) | 0x80 for b in buf[8::16])  # RFC 4122 variant
-    h = buf.hex()
-    return [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-        for i in range(0, 32 * n, 32)
-    ]
+    """n random (version 4) UUID strings from one urandom call, formatted by slice
+    assignments over all n at once: uuid.uuid4() per event costs about 2 us, and even
+    per-id string slicing about 1 us, a large part of the gateway's per-event budget."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_RFC_4122)
+    digits = raw.hex().encode()
+    text = bytearray(b"-" * (37 * n))  # 36 characters and a comma per id
+    for digit, position in enumerate(_TEXT_POSITIONS):
+        text[position::37] = digits[digit::32]
+    text[36::37] = b"," * n
+    return text[:-1].decode().split(",")

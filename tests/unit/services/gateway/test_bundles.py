@@ -1,45 +1,45 @@
-"""A request's events -> one message per partition (split by size), each user whole and in order."""
+"""A request's lines per partition -> its messages, split by size between lines."""
 
 from __future__ import annotations
 
+import orjson
+
 from services.gateway.ingest import Bundles
-from services.shared.events import message_key, partition_for
 
 
-def keys(n: int) -> list[bytes]:
-    return [message_key("p", f"user-{i}") for i in range(n)]
+def line(user: str, n: int, pad: int = 0) -> bytes:
+    return orjson.dumps({"user_id": user, "n": n, "pad": "x" * pad})
 
 
-def test_one_message_per_partition_holding_its_users_lines_in_order() -> None:
-    bundles = Bundles(4, 1_000_000)
-    for key in keys(100):
-        bundles.add(key, [key + b"-1", key + b"-2"])
-    assert sorted(bundles.partitions) == sorted(set(bundles.partitions))  # one per partition
-    assert len(bundles.partitions) == 4  # 100 users cover all 4 partitions
-    values = bundles.values()
-    for key in keys(100):
-        index = bundles.message_of[key]
-        assert bundles.partitions[index] == partition_for(key, 4)
-        lines = values[index].split(b"\n")
-        assert lines.index(key + b"-1") + 1 == lines.index(key + b"-2")
-    assert sum(v.count(b"\n") + 1 for v in values) == 200
+def test_one_message_per_partition_in_line_order() -> None:
+    lines_of = {2: [line("a", 1), line("b", 1), line("a", 2)], 0: [line("c", 1)]}
+    bundles = Bundles(lines_of, 1_000_000)
+    assert bundles.partitions == [2, 0]
+    assert bundles.values == [b"\n".join(lines_of[2]), line("c", 1)]
+    assert (bundles.message_of("a", 2), bundles.message_of("b", 2), bundles.message_of("c", 0)) == (0, 0, 1)
 
 
-def test_a_partition_too_big_for_one_message_is_split_and_waits_for_the_last_part() -> None:
-    key = keys(1)[0]
-    lines = [b"x" * 100 + str(i).encode() for i in range(30)]
-    bundles = Bundles(3, 1000)
-    bundles.add(key, lines)
-    values = bundles.values()
-    assert len(values) == 4  # ~102 bytes a line + newline: 9 lines per 1000 bytes
-    assert all(len(v) <= 1000 for v in values)
-    assert set(bundles.partitions) == {partition_for(key, 3)}
-    assert b"\n".join(values).split(b"\n") == lines  # nothing lost, order kept
-    assert bundles.message_of[key] == 3
+def test_a_partition_too_big_for_one_message_is_split_and_users_wait_for_their_last_part() -> None:
+    lines = [line(f"u{i % 3}", i, pad=100) for i in range(30)]  # ~130 bytes each: 7 per part
+    bundles = Bundles({1: lines, 3: [line("z", 0)]}, 1000)
+    assert bundles.partitions == [1, 1, 1, 1, 1, 3]
+    split = bundles.values[:5]
+    assert all(len(v) <= 1000 for v in split)
+    assert b"\n".join(split).split(b"\n") == lines  # nothing lost, order kept
+    # parts hold lines 0-6, 7-13, 14-20, 21-27, 28-29; u0 ends at 27, u1 at 28, u2 at 29
+    assert {u: bundles.message_of(u, 1) for u in ("u0", "u1", "u2")} == {"u0": 3, "u1": 4, "u2": 4}
+    assert bundles.message_of("z", 3) == 5
+
+
+def test_a_user_whose_lines_end_early_waits_for_that_part_only() -> None:
+    lines = [line("early", 0, pad=500), line("late", 1, pad=500), line("late", 2, pad=500)]
+    bundles = Bundles({0: lines}, 600)
+    assert len(bundles.values) == 3
+    assert (bundles.message_of("early", 0), bundles.message_of("late", 0)) == (0, 2)
 
 
 def test_a_line_larger_than_the_limit_goes_alone() -> None:
-    key = keys(1)[0]
-    bundles = Bundles(1, 10)
-    bundles.add(key, [b"a" * 50, b"b", b"c" * 50])
-    assert bundles.values() == [b"a" * 50, b"b", b"c" * 50]
+    big, small = line("a", 1, pad=50), line("a", 2)
+    bundles = Bundles({0: [big, small, big]}, 40)
+    assert bundles.values == [big, small, big]
+    assert bundles.message_of("a", 0) == 2

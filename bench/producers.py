@@ -57,7 +57,13 @@ def _events_per_message(batches: list[Batch]) -> float:
 def confluent_ceiling(bootstrap: str, topic: str, batches: list[Batch],
                       duration_s: float) -> ProducerResult:
     """produce() + delivery callback per message for ``duration_s``, then flush."""
-    producer = Producer(producer_config(Settings(kafka_bootstrap=bootstrap)))
+    # A bounded local queue, as the gateway's bounded requests in flight give it: with the
+    # gateway's 1 GB queue this loop queues faster than the broker takes ~90 KB messages,
+    # and what waits longer than message.timeout.ms fails instead of being measured.
+    config = producer_config(Settings(kafka_bootstrap=bootstrap)) | {
+        "queue.buffering.max.kbytes": 64 * 1024,
+    }
+    producer = Producer(config)
     counts = {"ok": 0, "err": 0}
 
     def delivered(err: object, _msg: object) -> None:

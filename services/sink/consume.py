@@ -52,6 +52,8 @@ class Sink:
             settings.topic_assets: RowWriter(store, "assets", settings.sink_retry_max_backoff_s),
         }
         self.pending: list[Message] = []
+        self.pending_rows = 0  # a message holds one or more rows (a request's bundle)
+        self.rows_per_message = 1.0  # as in the last batch: how many messages make a batch
         self.first_pending_at = 0.0
         self.rows_written = 0
         self._stop = threading.Event()
@@ -89,7 +91,7 @@ class Sink:
         return max(0.0, min(0.5, due))
 
     def _poll(self, timeout_s: float) -> int:
-        room = max(1, self.settings.sink_batch_rows - len(self.pending))
+        room = max(1, int((self.settings.sink_batch_rows - self.pending_rows) / self.rows_per_message))
         messages = self.consumer.consume(num_messages=min(room, 10_000), timeout=timeout_s)
         for message in messages:
             if message.error() is not None:
@@ -98,8 +100,9 @@ class Sink:
             if not self.pending:
                 self.first_pending_at = time.monotonic()
             self.pending.append(message)
+            self.pending_rows += (message.value() or b"").count(b"\n") + 1
         if self.pending and (
-            len(self.pending) >= self.settings.sink_batch_rows
+            self.pending_rows >= self.settings.sink_batch_rows
             or time.monotonic() - self.first_pending_at >= self.settings.sink_batch_seconds
         ):
             self.flush()
@@ -124,7 +127,8 @@ class Sink:
         """Hand the pending batch to the writer (waits while it still writes the last one);
         ``wait``: also wait until it is written and committed."""
         if self.pending:
-            batch, self.pending = self.pending, []
+            self.rows_per_message = self.pending_rows / len(self.pending)
+            batch, self.pending, self.pending_rows = self.pending, [], 0
             self._batches.put(batch)
         if wait:
             self._batches.join()
@@ -162,36 +166,37 @@ class Sink:
 
     def _write(self, topic: str, writer: RowWriter, messages: list[Message]) -> None:
         """Check rows (unless the gateway did), dead-letter bad ones, insert the rest."""
-        rows: list[bytes] = []
+        chunks: list[bytes] = []  # a whole message's rows, or one checked row
         origin: list[Message] = []
         is_events = topic == self.settings.topic_events
         for message in messages:
+            value = message.value()
             try:
                 if not is_events:
-                    decode_asset(message.value())
-                    message_rows = [message.value() or b""]
-                else:
-                    message_rows = lines(message.value())
+                    decode_asset(value)
+                elif not value:
+                    raise InvalidEvent("empty message (tombstone) on the events topic")
             except InvalidEvent as exc:
                 self.dead_letters.send(message, str(exc))
                 continue
+            assert value is not None
             if is_events and not _from_gateway(message):
-                for row in message_rows:
+                for row in lines(value):
                     try:
                         decode(row)
                     except InvalidEvent as exc:
                         self.dead_letters.send(message, str(exc), value=row)
                         continue
-                    rows.append(row)
+                    chunks.append(row)
                     origin.append(message)
             else:
-                rows.extend(message_rows)
-                origin.extend([message] * len(message_rows))
+                chunks.append(value)
+                origin.append(message)
 
-        def reject(i: int, reason: str) -> None:
-            self.dead_letters.send(origin[i], reason, value=rows[i])
+        def reject(i: int, row: bytes, reason: str) -> None:
+            self.dead_letters.send(origin[i], reason, value=row)
 
-        written = writer.write(rows, reject)
+        written = writer.write(chunks, reject)
         if is_events:
             self.rows_written += written
 

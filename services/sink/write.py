@@ -1,9 +1,10 @@
 """A batch of wire events -> one ClickHouse insert, without losing or blocking on bad rows.
 
 The wire bytes are already JSONEachRow rows, so the happy path is one ``raw_insert`` of
-the joined bytes. If it fails while ClickHouse answers pings, the data is at fault: the
-batch is split in halves until the rows ClickHouse refuses are isolated, and those go to
-the DLQ. If ClickHouse does not answer, the insert is retried with capped exponential
+the joined chunks (a chunk is one message: one or more rows), never split into rows. If
+it fails while ClickHouse answers pings, the data is at fault: the batch is split in
+halves, a lone chunk into its rows, until the rows ClickHouse refuses are isolated, and
+those go to the DLQ. If ClickHouse does not answer, the insert is retried with capped exponential
 backoff until it does (the batch stays uncommitted, so nothing is lost).
 """
 
@@ -23,16 +24,20 @@ class ClickHouseDown(Exception):
     """The insert failed and ClickHouse does not answer a ping: retry later."""
 
 
+Reject = Callable[[int, bytes, str], None]  # (chunk index, refused row, reason)
+
+
 class RowWriter:
     def __init__(self, store: Store, table: str, max_backoff_s: float) -> None:
         self.store = store
         self.table = table
         self.max_backoff_s = max_backoff_s
 
-    def write(self, rows: Sequence[bytes], reject: Callable[[int, str], None]) -> int:
-        """Insert ``rows``; call ``reject(index, reason)`` for each row ClickHouse refuses.
-        Returns how many rows were inserted. Blocks (retrying) while ClickHouse is down."""
-        if not rows:
+    def write(self, chunks: Sequence[bytes], reject: Reject) -> int:
+        """Insert the rows of ``chunks``; call ``reject(chunk index, row, reason)`` for each
+        row ClickHouse refuses. Returns how many rows were inserted. Blocks (retrying)
+        while ClickHouse is down."""
+        if not chunks:
             return 0
         retrying = Retrying(
             retry=retry_if_exception_type(ClickHouseDown),
@@ -43,21 +48,22 @@ class RowWriter:
             ),
             reraise=True,
         )
-        return int(retrying(self._write_isolating, rows, 0, reject))
+        return int(retrying(self._write_isolating, chunks, list(range(len(chunks))), reject))
 
-    def _write_isolating(
-        self, rows: Sequence[bytes], offset: int, reject: Callable[[int, str], None]
-    ) -> int:
+    def _write_isolating(self, chunks: Sequence[bytes], origins: Sequence[int], reject: Reject) -> int:
         try:
-            self.store.insert_json_rows(self.table, b"\n".join(rows))
-            return len(rows)
+            self.store.insert_json_rows(self.table, b"\n".join(chunks))
+            return sum(chunk.count(b"\n") + 1 for chunk in chunks)
         except Exception as exc:
             if not self.store.ping():
                 raise ClickHouseDown(str(exc)) from exc
-            if len(rows) == 1:
-                reject(offset, f"ClickHouse refused the row: {str(exc)[:500]}")
-                return 0
-        half = len(rows) // 2
-        return self._write_isolating(rows[:half], offset, reject) + self._write_isolating(
-            rows[half:], offset + half, reject
+            if len(chunks) == 1:
+                rows = chunks[0].split(b"\n")
+                if len(rows) == 1:
+                    reject(origins[0], chunks[0], f"ClickHouse refused the row: {str(exc)[:500]}")
+                    return 0
+                return self._write_isolating(rows, [origins[0]] * len(rows), reject)
+        half = len(chunks) // 2
+        return self._write_isolating(chunks[:half], origins[:half], reject) + self._write_isolating(
+            chunks[half:], origins[half:], reject
         )

@@ -31,14 +31,14 @@ class FakeStore:
 
 def test_happy_path_is_one_insert() -> None:
     store = FakeStore()
-    written = RowWriter(store, "events", 0.01).write([b"a", b"b", b"c"], lambda i, r: None)  # type: ignore[arg-type]
+    written = RowWriter(store, "events", 0.01).write([b"a\nb", b"c"], lambda i, r, why: None)  # type: ignore[arg-type]
     assert written == 3 and store.rows == [b"a", b"b", b"c"] and store.inserts == 1
 
 
 def test_retries_while_clickhouse_is_down_and_loses_nothing() -> None:
     store = FakeStore(down_for=3)
     rejected: list[int] = []
-    written = RowWriter(store, "events", 0.01).write([b"a", b"b"], lambda i, r: rejected.append(i))  # type: ignore[arg-type]
+    written = RowWriter(store, "events", 0.01).write([b"a", b"b"], lambda i, r, why: rejected.append(i))  # type: ignore[arg-type]
     assert written == 2 and store.rows == [b"a", b"b"] and rejected == []
     assert store.inserts == 4
 
@@ -46,9 +46,18 @@ def test_retries_while_clickhouse_is_down_and_loses_nothing() -> None:
 def test_refused_rows_are_isolated_and_the_rest_written() -> None:
     rows = [b"r%d" % i for i in range(10)]
     store = FakeStore(refuse=frozenset({b"r3", b"r7"}))
-    rejected: list[tuple[int, str]] = []
-    written = RowWriter(store, "events", 0.01).write(rows, lambda i, r: rejected.append((i, r)))  # type: ignore[arg-type]
+    rejected: list[tuple[int, bytes, str]] = []
+    written = RowWriter(store, "events", 0.01).write(rows, lambda i, r, why: rejected.append((i, r, why)))  # type: ignore[arg-type]
     assert written == 8
-    assert [i for i, _ in rejected] == [3, 7]
-    assert "Cannot parse input" in rejected[0][1]
+    assert [(i, r) for i, r, _ in rejected] == [(3, b"r3"), (7, b"r7")]
+    assert "Cannot parse input" in rejected[0][2]
     assert sorted(store.rows) == sorted(r for r in rows if r not in {b"r3", b"r7"})
+
+
+def test_a_refused_row_inside_a_message_is_isolated_and_named_with_its_message() -> None:
+    chunks = [b"a\nb", b"c\nbad\nd", b"e"]  # three messages of 2, 3 and 1 rows
+    store = FakeStore(refuse=frozenset({b"bad"}))
+    rejected: list[tuple[int, bytes]] = []
+    written = RowWriter(store, "events", 0.01).write(chunks, lambda i, r, why: rejected.append((i, r)))  # type: ignore[arg-type]
+    assert written == 5 and rejected == [(1, b"bad")]
+    assert sorted(store.rows) == [b"a", b"b", b"c", b"d", b"e"]

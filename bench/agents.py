@@ -15,9 +15,10 @@ changelog) counts them: HTTP 200 -> state readable. Then the ack latency of
 ``queue_updates=false`` POSTs on the same schedule, whose 200 waits for the state.
 
 On Tansu, an aiokafka fetch is answered when its max wait ends, not when data arrives;
-Faust sets ``fetch_max_wait_ms=1500`` (hard-coded in its aiokafka driver), so on the
-embedded broker an update waits for the worker's current fetch (a ~750 ms cycle here).
-A real Kafka broker answers a waiting fetch as soon as data arrives.
+Faust hard-codes ``fetch_max_wait_ms=1500`` in its aiokafka driver, which the agents
+bound to ``SLUICE_AGENTS_FETCH_MAX_WAIT_MS`` (50 ms; see streams/app.py), so an update
+waits for at most that much of the worker's current fetch. A real Kafka broker answers a
+waiting fetch as soon as data arrives.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ import orjson
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
+from services.gateway.app import create_app
 from services.shared.clickhouse import Store
 from services.shared.events import message_key, partition_for
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
-from tests.integration.conftest import event, read_topic, wait_for
+from tests.integration.conftest import event, read_topic, running_sink, wait_for
 
 
 def stored_count(store: Store) -> int:
@@ -108,3 +109,15 @@ def test_many_batches_arrive_exactly_once(pipeline: TestClient, store: Store) ->
     wait_for(lambda: stored_count(store) == total, timeout_s=30)
     distinct = store.query("SELECT uniqExact(event_id) AS n FROM events")[0]["n"]
     assert distinct == total
+
+
+def test_the_sink_batches_by_rows_not_by_messages(settings: Settings, store: Store) -> None:
+    """1000 events arrive as a few bundles: 500 rows must trigger an insert at once, not
+    the 60 s timer (a count of messages would never reach 500)."""
+    settings.sink_batch_rows, settings.sink_batch_seconds = 500, 60.0
+    with running_sink(settings, store) as sink, TestClient(create_app(settings, store)) as client:
+        batch = {"events": [event(f"user{i}", f"a{i}") for i in range(1000)]}
+        assert client.post("/events?queue_updates=true&process_user_actions=false", json=batch,
+                           headers={"program-id": "rows"}).status_code == 200
+        wait_for(lambda: stored_count(store) == 1000, timeout_s=30)
+        assert sink.rows_written == 1000

@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
+from services.gateway.keys import KeyRing
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics
@@ -120,6 +121,24 @@ DIALECT_COLUMNS = (
     "source, program_id, user_id, event_type, asset_id, labels, client_event_id, "
     "session_id, anonymous_id, email, properties, value, event_timestamp, received_at"
 )
+
+
+def create_keys(settings: Settings, tmp_path: Path, program: str) -> dict[str, str]:
+    """Keys created before the gateway starts (it then requires them): a write and a read
+    key of ``program``, and of the program ``other``."""
+    settings.keys_file = tmp_path / "keys.json"
+    ring = KeyRing(settings.keys_file)
+    return {name: ring.create(owner, scope)[1] for name, owner, scope in [
+        ("write", program, "write"), ("read", program, "read"),
+        ("other", "other", "write"), ("other_read", "other", "read")]}
+
+
+@pytest.fixture
+def keyed(tokens: dict[str, str], settings: Settings, gateway: TestClient) -> TestClient:
+    """A gateway that requires the keys of the test module's ``tokens`` fixture (made with
+    :func:`create_keys`), answering at the broker's ack."""
+    settings.queue_updates_default = True
+    return gateway
 
 
 @pytest.fixture

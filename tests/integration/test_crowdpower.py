@@ -7,7 +7,6 @@ keep CrowdPower's ``{success, code, data}`` envelope; the bulk limit (100) is en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
-from tests.integration.conftest import Agents, count, read_topic, wait_for
+from tests.integration.conftest import Agents, count, create_keys, read_topic, wait_for
 
 ONE = "/compat/crowdpower/events"
 BULK = "/compat/crowdpower/events/bulk"
@@ -201,17 +199,7 @@ def test_update_session_drives_the_session_shown_for_the_user(
 # -- API keys --------------------------------------------------------------------------
 @pytest.fixture
 def tokens(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    settings.keys_file = tmp_path / "keys.json"
-    ring = KeyRing(settings.keys_file)
-    return {name: ring.create(program, scope)[1] for name, program, scope in [
-        ("write", "crowd", "write"), ("read", "crowd", "read"), ("other", "other", "write"),
-        ("other_read", "other", "read")]}
-
-
-@pytest.fixture
-def keyed(tokens: dict[str, str], settings: Settings, gateway: TestClient) -> Iterator[TestClient]:
-    settings.queue_updates_default = True
-    yield gateway
+    return create_keys(settings, tmp_path, "crowd")
 
 
 def auth(token: str | None) -> dict[str, str]:

@@ -6,7 +6,6 @@ limit, the per-kind required fields and every failure answer in the retail shape
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,12 +13,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
-from tests.integration.conftest import Agents, count, event, read_topic, wait_for
+from tests.integration.conftest import Agents, count, create_keys, event, read_topic, wait_for
 
 URL = "/compat/retail/events"
 H = {"program-id": "shop"}
@@ -210,17 +208,7 @@ def test_user_state_late_is_504_events_durable(gateway: TestClient, settings: Se
 # -- API keys --------------------------------------------------------------------------
 @pytest.fixture
 def tokens(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    """Keys created before the gateway starts: it then requires them."""
-    settings.keys_file = tmp_path / "keys.json"
-    ring = KeyRing(settings.keys_file)
-    return {name: ring.create(program, scope)[1] for name, program, scope in [
-        ("write", "shop", "write"), ("read", "shop", "read"), ("other", "other", "write")]}
-
-
-@pytest.fixture
-def keyed(tokens: dict[str, str], settings: Settings, gateway: TestClient) -> Iterator[TestClient]:
-    settings.queue_updates_default = True
-    yield gateway
+    return create_keys(settings, tmp_path, "shop")
 
 
 def test_api_keys_are_required_and_refused_in_the_retail_shape(

@@ -7,7 +7,6 @@ with no body on success; the 50-event batch limit and every failure answer in th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.keys import KeyRing
 from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
-from tests.integration.conftest import count, read_topic, wait_for
+from tests.integration.conftest import count, create_keys, read_topic, wait_for
 
 ONE = "/compat/userflux/event/ingest"
 BATCH = "/compat/userflux/event/ingest/batch"
@@ -159,16 +157,7 @@ def test_user_state_late_is_504_events_durable(gateway: TestClient, settings: Se
 # -- API keys: UserFlux's write-only key as Authorization: Bearer -----------------------
 @pytest.fixture
 def tokens(settings: Settings, tmp_path: Path) -> dict[str, str]:
-    settings.keys_file = tmp_path / "keys.json"
-    ring = KeyRing(settings.keys_file)
-    return {name: ring.create(program, scope)[1] for name, program, scope in [
-        ("write", "app", "write"), ("read", "app", "read"), ("other", "other", "write")]}
-
-
-@pytest.fixture
-def keyed(tokens: dict[str, str], settings: Settings, gateway: TestClient) -> Iterator[TestClient]:
-    settings.queue_updates_default = True
-    yield gateway
+    return create_keys(settings, tmp_path, "app")
 
 
 @pytest.mark.parametrize("url", [ONE, BATCH])

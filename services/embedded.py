@@ -10,12 +10,15 @@ its producer) -> sink (drains the topic into ClickHouse) -> agents -> broker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 
 import uvicorn
 from rich.console import Console
@@ -75,6 +78,7 @@ def run_embedded(settings: Settings) -> None:
         console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
         console.print(f"  agents      pid {agents.pid}, stats http://{settings.http_host}:"
                       f"{settings.agents_web_port}/stats, log {settings.data_dir / 'agents.log'}")
+        wait_for_agents(settings, agents, console)
         # uvicorn re-raises the signal that stopped it once it is done: make that a no-op
         # so the drain below runs instead of the process dying on SIGTERM.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,6 +97,33 @@ def run_embedded(settings: Settings) -> None:
     finally:
         if broker:
             broker.stop()
+
+
+def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,
+                    timeout_s: float = 60.0) -> None:
+    """Open the gateway once the worker owns its partitions (its group join takes a few
+    seconds), so the first ``queue_updates=false`` POST does not wait for the join."""
+    if settings.agents_web_port == 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    with console.status("agents: joining their consumer group..."):
+        while time.monotonic() < deadline and agents.poll() is None:
+            if (owned_partitions(settings) or 0) > 0:
+                return
+            time.sleep(0.1)
+    console.print("[yellow]the agents own no partitions yet: queue_updates=false requests wait "
+                  f"for them (see {settings.data_dir / 'agents.log'})[/]")
+
+
+def owned_partitions(settings: Settings) -> int | None:
+    """Source partitions the worker serving ``settings.agents_web_port`` owns now; None
+    while its stats page is not up."""
+    url = f"http://{settings.http_host}:{settings.agents_web_port}/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(json.load(response)["partitions"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def start_agents(settings: Settings) -> subprocess.Popen[bytes]:

@@ -101,10 +101,9 @@ class Sink:
                 self.first_pending_at = time.monotonic()
             self.pending.append(message)
             self.pending_rows += (message.value() or b"").count(b"\n") + 1
-        if self.pending and (
-            self.pending_rows >= self.settings.sink_batch_rows
-            or time.monotonic() - self.first_pending_at >= self.settings.sink_batch_seconds
-        ):
+            if self.pending_rows >= self.settings.sink_batch_rows:
+                self.flush()  # a batch of the configured size, whatever one consume() returned
+        if self.pending and time.monotonic() - self.first_pending_at >= self.settings.sink_batch_seconds:
             self.flush()
         return len(messages)
 

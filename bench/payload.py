@@ -19,6 +19,7 @@ import orjson
 from services.gateway.ingest import ingest
 from services.gateway.validate import parse_event_list
 from services.shared.settings import Settings
+from streams.model import Catalog
 
 BATCH = 1000
 PROGRAM = "bench"
@@ -86,8 +87,8 @@ class _Recorder:
     def partition_count(self) -> int:
         return int(_GATEWAY.settings.events_partitions)
 
-    def catalog(self, _program_id: str) -> dict[str, Any]:
-        return {}  # no asset catalog in the bench: asset_labels stay empty
+    def catalog(self, _program_id: str) -> Catalog:
+        return Catalog()  # no asset catalog in the bench: asset_labels stay empty
 
 
 _RECORDER = _Recorder()

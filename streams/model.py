@@ -275,6 +275,11 @@ class Catalog(Mapping[str, tuple[str, ...]]):
     def __getitem__(self, asset_id: str) -> tuple[str, ...]:
         return self._labels[asset_id]
 
+    def labels_of(self, asset_id: str) -> tuple[str, ...]:
+        """The asset's labels, () if unknown: a plain dict lookup (the gateway calls it per
+        event; Mapping.get would go through __getitem__ and a KeyError for each miss)."""
+        return self._labels.get(asset_id, ())
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._labels)
 

@@ -50,7 +50,7 @@ async def ingest(
         "process_user_actions": process_user_actions,
         "source": source,
     }, option=ENCODE_OPTIONS)[1:]
-    asset_labels = gateway.views.catalog(program_id).get
+    asset_labels = gateway.views.catalog(program_id).labels_of
     dumps, options = orjson.dumps, ENCODE_OPTIONS
     partitions = gateway.publisher.partition_count()
     partition_of: dict[str, int] = {}
@@ -60,7 +60,7 @@ async def ingest(
         if client_id:
             event_id = str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{program_id}\x1f{source}\x1f{client_id}"))
         event["event_id"] = event_id
-        event["asset_labels"] = asset_labels(event["asset_id"], ()) if event["asset_id"] else ()
+        event["asset_labels"] = asset_labels(event["asset_id"])
         user = event["user_id"]
         partition = partition_of.get(user)
         if partition is None:

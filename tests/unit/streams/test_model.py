@@ -349,3 +349,12 @@ def test_popularity_counts() -> None:
     assert (p.count("A"), p.count("B"), p.count("C")) == (4, 2, 0)  # 1 + 3 = 4
     p.add("B", -2)
     assert p.count("B") == 0 and len(p) == 1
+
+
+def test_catalog_labels_of_follows_upserts_and_deletes() -> None:
+    catalog = Catalog({"A1": ["x", "y", "x"]})
+    assert catalog.labels_of("A1") == ("x", "y") and catalog.labels_of("nope") == ()
+    catalog.upsert("A1", ["z"])
+    assert catalog.labels_of("A1") == ("z",)
+    catalog.delete("A1")
+    assert catalog.labels_of("A1") == ()

@@ -117,6 +117,25 @@ def test_changelog_partition_is_the_source_partition(
     assert all(m.partition() == orjson.loads(m.value())["partition"] for m in records)
 
 
+def test_a_request_split_over_several_messages_waits_for_each_users_last_part(
+    pipeline: TestClient, agents: Agents, settings: Settings, store: Store
+) -> None:
+    """A partition's share of a request beyond message_max_bytes goes as several messages;
+    queue_updates=false answers only once every user's last part is applied."""
+    settings.message_max_bytes = 2_000  # ~7 event lines per message
+    agents.start()
+    batch = [event(f"user{i % 5}", f"a{i}", event_type="purchase", labels=[f"l{i % 3}"])
+             for i in range(120)]
+    assert pipeline.post("/events?queue_updates=false", json={"events": batch}, headers=H).status_code == 200
+    for u in range(5):  # 24 purchases each (amount 5) over labels l0..l2: no wait needed
+        got = {w["label"]: w["weight"] for w in weights(pipeline, f"user{u}")}
+        expected = {f"l{k}": 5.0 * sum(1 for i in range(u, 120, 5) if i % 3 == k) for k in range(3)}
+        assert got == {label: pytest.approx(w) for label, w in expected.items() if w}
+    messages = read_topic(settings.bootstrap, settings.topic_events, at_least=120 // 7)
+    assert len(messages) >= 120 // 7 and all(len(m.value()) <= 2_000 for m in messages)
+    wait_for(lambda: store.query("SELECT count() AS n FROM events FINAL")[0]["n"] == 120)
+
+
 def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
     settings: Settings, agents: Agents, tmp_path
 ) -> None:

@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=0.5,
         broker_max_poll_records=settings.agents_batch_max,
         consumer_max_fetch_size=16 * 1024 * 1024,
-        stream_buffer_maxsize=4 * settings.agents_batch_max,
+        stream_buffer_maxsize=2 * settings.agents_batch_max,  # bounds memory on a backlog
         producer_linger=0.005,
         producer_acks=-1,
     )

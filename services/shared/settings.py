@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     # --- Stream agents and user state ---------------------------------------------------
     agents_app_id: str = Field("sluice-agents", description="Faust app id = consumer group.")
     agents_web_port: int = 6066
-    agents_batch_max: int = Field(10_000, description="Messages per agent batch...")
+    agents_batch_max: int = Field(
+        2_000, description="Messages per agent batch (a gateway message holds up to a request's "
+        "events for one partition, so up to ~900 kB: twice this many are buffered)..."
+    )
     agents_batch_seconds: float = Field(0.05, description="...or what arrived within this.")
     agents_fetch_max_wait_ms: int = Field(
         50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."

@@ -138,9 +138,15 @@ class Views:
             "fetch.wait.max.ms": 20,  # waiters are woken by what arrives: keep it snappy
         })
         try:
-            consumer.assign(list(self._partitions(consumer, topics)))
+            assigned = list(self._partitions(consumer, topics))
+            consumer.assign(assigned)
+            # caught up: every partition read up to its end as of the start (a busy topic is
+            # never idle), or nothing arrived for a moment
+            behind = self._ends(consumer, assigned)
             idle_since = time.monotonic()
             while self._running:
+                if not behind:
+                    self.caught_up.set()
                 messages = consumer.consume(5000, 0.05)
                 if not messages and time.monotonic() - idle_since > 0.3:
                     self.caught_up.set()
@@ -148,8 +154,24 @@ class Views:
                     idle_since = time.monotonic()
                     if message.error() is None:
                         self._apply(message.topic(), message.key(), message.value())
+                        where = (message.topic() or "", message.partition() or 0)
+                        if behind.get(where, -1) <= (message.offset() or 0) + 1:
+                            behind.pop(where, None)
         finally:
             consumer.close()
+
+    @staticmethod
+    def _ends(consumer: Consumer, assigned: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> its end offset now, for the partitions that hold anything."""
+        ends = {}
+        for tp in assigned:
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            except KafkaException:
+                continue  # unknown: the idle rule decides
+            if high > 0:
+                ends[(tp.topic, tp.partition)] = high
+        return ends
 
     def _partitions(self, consumer: Consumer, topics: Iterable[str]) -> Iterable[TopicPartition]:
         for topic in topics:

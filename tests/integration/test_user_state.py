@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from services.gateway.app import create_app
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
+from streams.model import ModelConfig
 from tests.integration.conftest import Agents, env_for, event, read_topic, running_sink, wait_for
 
 H = {"program-id": "shop"}
@@ -211,3 +212,26 @@ def test_worker_killed_loses_no_update_and_counts_none_twice(
             assert record["events"] == 2, (user, record)
             got = {w["label"]: w["weight"] for w in record["label_weights"]}
             assert got == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}  # 2, and 2 halved
+
+
+def test_readyz_waits_until_the_views_hold_the_existing_user_state(settings: Settings) -> None:
+    """A gateway (re)started on a changelog full of users is ready only once it has read
+    them: a read right after /readyz says 200 is never a cold start."""
+    from confluent_kafka import Producer
+
+    from services.shared.events import message_key
+    from services.shared.kafka import ensure_topics, producer_config
+    from streams.model import apply_event
+    from streams.records import UserRecord
+
+    ensure_topics(settings)
+    producer = Producer(producer_config(settings))
+    for i in range(3000):
+        record = UserRecord("shop", f"r{i}")
+        apply_event(record.state, ModelConfig(), 0.0, "purchase", [f"l{i}"], [], "a")
+        producer.produce(settings.topic_user_state, record.encode(), message_key("shop", f"r{i}"))
+    assert producer.flush(30) == 0
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["views"] == "caught up"
+        assert weights(client, "r2999") == [{"label": "l2999", "weight": pytest.approx(5.0)}]

@@ -17,11 +17,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The broker and ClickHouse are reachable")
+@router.get("/readyz", summary="The broker and ClickHouse are reachable, and the views have caught up")
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     broker = await asyncio.to_thread(gateway.publisher.broker_reachable)
-    checks = {"broker": "ok" if broker else "unreachable"}
-    ready = broker
+    # reads must not serve a cold view: wait (briefly) until the views have caught up
+    caught_up = gateway.views.caught_up
+    views = caught_up.is_set() or await asyncio.to_thread(caught_up.wait, 2.0)
+    checks = {"broker": "ok" if broker else "unreachable",
+              "views": "caught up" if views else "catching up with assets and user state"}
+    ready = broker and views
     if gateway.store is None:
         checks["clickhouse"] = "not used by this process (embedded, owned by the sink)"
     else:

@@ -112,9 +112,9 @@ def test_many_batches_arrive_exactly_once(pipeline: TestClient, store: Store) ->
 
 
 def test_the_sink_batches_by_rows_not_by_messages(settings: Settings, store: Store) -> None:
-    """1000 events arrive as a few bundles: 500 rows must trigger an insert at once, not
-    the 60 s timer (a count of messages would never reach 500)."""
-    settings.sink_batch_rows, settings.sink_batch_seconds = 500, 60.0
+    """1000 events arrive as 4 bundles of ~250 rows: each reaches 100 rows and triggers an
+    insert at once, not the 60 s timer (a count of messages would never reach 100)."""
+    settings.sink_batch_rows, settings.sink_batch_seconds = 100, 60.0
     with running_sink(settings, store) as sink, TestClient(create_app(settings, store)) as client:
         batch = {"events": [event(f"user{i}", f"a{i}") for i in range(1000)]}
         assert client.post("/events?queue_updates=true&process_user_actions=false", json=batch,

@@ -3,6 +3,7 @@ directory, stopped with SIGTERM, started again on the same directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ def sluice_up(data_dir: Path, log: Path) -> Iterator[str]:
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(base) or proc.poll() is not None, timeout_s=120)
@@ -41,10 +42,16 @@ def sluice_up(data_dir: Path, log: Path) -> Iterator[str]:
         yield base
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0, log.read_text()[-3000:]
-    finally:
+    finally:  # a failed test must not leave its Tansu and agents behind
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its whole group: broker and agents too
+        proc.wait()
 
 
 def _ready(base: str) -> bool:

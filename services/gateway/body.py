@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 
 from services.gateway.errors import PayloadTooLarge, invalid
+
+
+def json_body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a required JSON body of ``schema``, for the routes that
+    read the raw body themselves (so FastAPI cannot infer it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:

@@ -40,7 +40,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from services.gateway.body import read_json_body
+from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import (
     ReadProgram,
@@ -176,8 +176,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
 
 @router.post(
     "/events", summary="Create customer event",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
+    openapi_extra=json_body_doc(inline_defs(ONE.json_schema())),
     responses=_RESPONSES, response_class=Response,
 )
 async def create_event(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:
@@ -187,8 +186,7 @@ async def create_event(request: Request, gateway: GatewayDep, program_id: WriteP
 @router.post(
     "/events/bulk", summary="Create multiple customer events",
     description=f"1 to {MAX_BULK} events of one customer.",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": inline_defs(BULK.json_schema())}}}},
+    openapi_extra=json_body_doc(inline_defs(BULK.json_schema())),
     responses=_RESPONSES, response_class=Response,
 )
 async def create_events(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:

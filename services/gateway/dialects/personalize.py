@@ -64,7 +64,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from services.gateway.auth import AuthError, authenticate_sigv4, authorize
-from services.gateway.body import read_body
+from services.gateway.body import json_body_doc, read_body
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.dialects.common import error_route, inline_defs, retry_after, unavailable
 from services.gateway.errors import UpdateTimeout
@@ -295,11 +295,6 @@ def item_labels(properties: dict[str, Any], label_property: str, where: str) -> 
     return labels
 
 
-def _doc(adapter: TypeAdapter[Any]) -> dict[str, Any]:
-    schema = inline_defs(adapter.json_schema())
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "InvalidInputException (x-amzn-ErrorType), body {__type, message}"},
     403: {"description": "Missing/invalid SigV4 signature, unknown or revoked key "
@@ -313,7 +308,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/events", summary="PutEvents", status_code=200, response_class=Response,
              responses={200: {"description": "Recorded (empty body)"}, **ERRORS},
              description="Record 1 to 10 events of one session (trackingId = program).",
-             openapi_extra=_doc(PUT_EVENTS))
+             openapi_extra=json_body_doc(inline_defs(PUT_EVENTS.json_schema())))
 async def put_events(request: Request, gateway: GatewayDep) -> Response:
     body, key = await _authenticated(request, gateway)
     parsed: PutEvents = _validate(PUT_EVENTS, body)
@@ -330,7 +325,7 @@ async def put_events(request: Request, gateway: GatewayDep) -> Response:
              description="Add or replace 1 to 10 items of the catalog (the dataset group in "
              "datasetArn = program); their categorical property "
              "SLUICE_PERSONALIZE_LABEL_PROPERTY becomes the asset's labels.",
-             openapi_extra=_doc(PUT_ITEMS))
+             openapi_extra=json_body_doc(inline_defs(PUT_ITEMS.json_schema())))
 async def put_items(request: Request, gateway: GatewayDep) -> Response:
     body, key = await _authenticated(request, gateway)
     parsed: PutItems = _validate(PUT_ITEMS, body)
@@ -351,7 +346,7 @@ async def put_items(request: Request, gateway: GatewayDep) -> Response:
              responses={200: {"description": "Stored (empty body)"}, **ERRORS},
              description="Store 1 to 10 users' metadata (the dataset group in datasetArn = "
              "program) as `user_properties` events that change no label weights.",
-             openapi_extra=_doc(PUT_USERS))
+             openapi_extra=json_body_doc(inline_defs(PUT_USERS.json_schema())))
 async def put_users(request: Request, gateway: GatewayDep) -> Response:
     body, key = await _authenticated(request, gateway)
     parsed: PutUsers = _validate(PUT_USERS, body)

@@ -40,7 +40,7 @@ from pydantic import (
     create_model,
 )
 
-from services.gateway.body import read_json_body
+from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
@@ -196,8 +196,7 @@ _ERROR = {"description": "`{status: error, code, message}` (422 adds `errors`, `
     description="One event, or an array of up to 100. `type` selects the kind: "
     + "; ".join(f"`{name}` -> `{k.event_type}`" for name, k in KINDS.items())
     + ". Answers 200 `{status: ok, accepted: N}` once the broker holds every event.",
-    openapi_extra={"requestBody": {"required": True,
-                                   "content": {"application/json": {"schema": BODY_SCHEMA}}}},
+    openapi_extra=json_body_doc(BODY_SCHEMA),
     responses={code: _ERROR for code in (401, 403, 413, 422, 503, 504)},
 )
 async def post_events(request: Request, gateway: GatewayDep, program_id: WriteProgram) -> Response:

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from services.gateway.body import read_json_body
+from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
@@ -167,8 +167,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
 
 @router.post(
     "/event/ingest", status_code=204, summary="Ingest a new user event",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": inline_defs(ONE.json_schema())}}}},
+    openapi_extra=json_body_doc(inline_defs(ONE.json_schema())),
     responses=_RESPONSES, response_class=Response,
 )
 async def ingest_event(request: Request, gateway: GatewayDep, program_id: WriteProgram,
@@ -179,8 +178,7 @@ async def ingest_event(request: Request, gateway: GatewayDep, program_id: WriteP
 @router.post(
     "/event/ingest/batch", status_code=204, summary="Ingest a batch of user events",
     description=f"1 to {MAX_BATCH} events.",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": inline_defs(BATCH.json_schema())}}}},
+    openapi_extra=json_body_doc(inline_defs(BATCH.json_schema())),
     responses=_RESPONSES, response_class=Response,
 )
 async def ingest_batch(request: Request, gateway: GatewayDep, program_id: WriteProgram,

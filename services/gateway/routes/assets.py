@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from typing_extensions import TypedDict
 
 from services.gateway.auth import ReadKey, WriteKey
-from services.gateway.body import read_json_body
+from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
 from services.gateway.validate import Id, Label, errors_of
 from services.shared.assets import asset_key, encode_asset, iso_utc
@@ -77,8 +77,7 @@ async def _publish(gateway: GatewayDep, records: list[dict[str, Any]]) -> None:
     summary="Upsert assets",
     description="Create or replace 1 to 1000 assets with their labels (and optional "
     "attributes). Answers once the broker holds them.",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/AssetList"}}}}},
+    openapi_extra=json_body_doc({"$ref": "#/components/schemas/AssetList"}),
 )
 async def put_assets(_auth: WriteKey, request: Request, gateway: GatewayDep,
                      program_id: ProgramId) -> dict[str, str]:

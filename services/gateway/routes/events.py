@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.gateway.auth import ReadKey, WriteKey
-from services.gateway.body import read_json_body
+from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep, ProgramId, require_store
 from services.gateway.ingest import ingest
 from services.gateway.validate import EVENT_LIST, parse_event_list
@@ -69,12 +69,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     description="Add events to the event store. Answers 200 once the broker holds every "
     "event of the batch (acks=all). With process_user_actions=true new events update the "
     "users' label weights and action recommendations.",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventList"}}},
-        }
-    },
+    openapi_extra=json_body_doc({"$ref": "#/components/schemas/EventList"}),
     responses=ERROR_RESPONSES,
 )
 async def post_events(

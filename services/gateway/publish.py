@@ -60,21 +60,18 @@ class Publisher:
         self.settings = settings
         self.topic = settings.topic_events
         self.producer = Producer(producer_config(settings))
-        # read by the poll thread as soon as it starts, before any request comes
-        self._partitions: dict[str, int] = {self.topic: settings.events_partitions}
-        self._refresh_partitions = threading.Event()
-        self._refresh_partitions.set()
+        # the configured count until the poll thread read the topic's (it does so at once)
+        self._partition_count = settings.events_partitions
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
-        refreshed = 0.0
+        refreshed = float("-inf")
         while self._running:
             self.producer.poll(0.05)
-            if self._refresh_partitions.is_set() or time.monotonic() - refreshed > PARTITIONS_TTL_S:
-                self._refresh_partitions.clear()
-                self._read_partitions()
+            if time.monotonic() - refreshed > PARTITIONS_TTL_S:
+                self._read_partition_count()
                 refreshed = time.monotonic()
 
     async def publish(
@@ -118,24 +115,18 @@ class Publisher:
             raise BrokerUnavailable(f"the broker refused the events: {ack.error.str()}")
         return ack.positions
 
-    def partition_count(self, topic: str | None = None) -> int:
-        """Partitions of ``topic`` as the broker last said (re-read every PARTITIONS_TTL_S on
-        the poll thread); until the broker answered, the configured count."""
-        topic = topic or self.topic
-        count = self._partitions.get(topic)
-        if count is None:
-            self._partitions[topic] = count = self.settings.events_partitions
-            self._refresh_partitions.set()
-        return count
+    def partition_count(self) -> int:
+        """Partitions of the events topic as the broker last said (re-read every
+        PARTITIONS_TTL_S on the poll thread); until the broker answered, the configured count."""
+        return self._partition_count
 
-    def _read_partitions(self) -> None:
-        for topic in list(self._partitions):
-            try:
-                meta = self.producer.list_topics(topic, timeout=5).topics.get(topic)
-            except KafkaException:
-                continue
-            if meta is not None and meta.error is None and meta.partitions:
-                self._partitions[topic] = len(meta.partitions)
+    def _read_partition_count(self) -> None:
+        try:
+            meta = self.producer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except KafkaException:
+            return
+        if meta is not None and meta.error is None and meta.partitions:
+            self._partition_count = len(meta.partitions)
 
     def broker_reachable(self, timeout_s: float = 1.0) -> bool:
         """A metadata round trip to the broker (blocking: call it off the event loop)."""

@@ -3,7 +3,8 @@
 The raw insert is what the sink does at best (one JSONEachRow insert per 50,000 rows),
 minus Kafka and the per-message checks, so sink/raw says how much the sink's own work
 costs. Both run in this process on one chDB Store (chDB allows one process per path):
-raw rows go to a second table with the same DDL, dropped before the sink starts.
+raw rows go to a second table with the same DDL. The raw insert is timed before and
+after the sink, and the sink is compared with both together: this box's speed drifts.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ CHUNK = 50_000
 @dataclass
 class SinkResult:
     rows: int
-    raw_insert_s: float
+    raw_insert_s: tuple[float, float]  # all N rows, before and after the sink ran
     prefill_s: float
     sink_total_s: float  # sink thread start -> count reached N (includes the group join)
     sink_first_rows_s: float  # start -> first rows visible (group join + first batch)
@@ -42,7 +43,8 @@ class SinkResult:
 
     @property
     def raw_rows_per_s(self) -> float:
-        return self.rows / self.raw_insert_s
+        """Both raw passes together: the baseline from before and after the sink."""
+        return 2 * self.rows / sum(self.raw_insert_s)
 
     @property
     def sink_rows_per_s(self) -> float:
@@ -57,6 +59,7 @@ class SinkResult:
     def as_dict(self) -> dict[str, object]:
         return asdict(self) | {
             "raw_rows_per_s": round(self.raw_rows_per_s),
+            "raw_rows_per_s_before_after": [round(self.rows / s) for s in self.raw_insert_s],
             "sink_rows_per_s": round(self.sink_rows_per_s),
             "sink_rows_per_s_incl_group_join": round(self.rows / self.sink_total_s),
             "sink_over_raw": round(self.ratio, 3),
@@ -72,22 +75,25 @@ def _count(store: Store, table: str = "events") -> int:
     return int(store.query(f"SELECT count() AS n FROM {table}")[0]["n"])
 
 
-def raw_insert_and_prefill(store: Store, settings: Settings, n: int) -> tuple[float, float]:
-    """Per ~50,000-row chunk: produce its messages (flushed), then time the raw insert of
-    its rows (every message's event lines). Chunk by chunk, so the bench never holds all
-    N rows and nothing else runs while an insert is timed."""
+def raw_inserts(store: Store, n: int, prefill: tuple[Producer, Settings] | None = None
+                ) -> tuple[float, float]:
+    """Time the raw insert of ``n`` wire rows, ~50,000 rows per insert, into a fresh copy
+    of ``events``; with ``prefill``, first produce each chunk's messages to the sink's topic
+    (flushed). Chunk by chunk, so the bench never holds all N rows and nothing else runs
+    while an insert is timed. Returns (insert seconds, produce seconds)."""
     _create_raw_table(store)
-    producer = Producer(producer_config(settings))
-    headers = wire_headers()  # the gateway's: the sink trusts such lines
     chunk: Messages = []
     insert_s = produce_s = 0.0
 
     def one_chunk() -> tuple[float, float]:
         t0 = time.perf_counter()
-        for key, value, partition in chunk:
-            produce_waiting(producer, settings.topic_events, value, key, headers, partition)
-        if producer.flush(60):
-            raise RuntimeError("prefill: the broker did not ack every event")
+        if prefill is not None:
+            producer, settings = prefill
+            headers = wire_headers()  # the gateway's: the sink trusts such lines
+            for key, value, partition in chunk:
+                produce_waiting(producer, settings.topic_events, value, key, headers, partition)
+            if producer.flush(60):
+                raise RuntimeError("prefill: the broker did not ack every event")
         t1 = time.perf_counter()
         store.insert_json_rows(RAW_TABLE, b"\n".join(value for _, value, _ in chunk))  # = rows
         return t1 - t0, time.perf_counter() - t1
@@ -118,7 +124,7 @@ def run_sink_bench(bootstrap: str, workdir: Path, n: int, timeout_s: float = 300
     ensure_topics(settings)
     store = Store(settings)
     try:
-        insert_s, prefill_s = raw_insert_and_prefill(store, settings, n)
+        insert_s, prefill_s = raw_inserts(store, n, (Producer(producer_config(settings)), settings))
         reset_peak_rss()
         sink = Sink(settings, store)
         thread = threading.Thread(target=sink.run, name="bench-sink", daemon=True)
@@ -139,17 +145,22 @@ def run_sink_bench(bootstrap: str, workdir: Path, n: int, timeout_s: float = 300
         thread.join(60)
         if (stored := _count(store)) != n:
             raise RuntimeError(f"the sink reported {n} rows but the table holds {stored}")
+        # The same again after the sink: this box's speed drifts by 20% within a minute,
+        # so the baseline brackets what it is compared with.
+        insert_after_s, _ = raw_inserts(store, n)
     finally:
         store.close()
-    return _result(n, insert_s, prefill_s, steps, peak)
+    return _result(n, (insert_s, insert_after_s), prefill_s, steps, peak,
+                   settings.sink_batch_rows)
 
 
-def _result(n: int, insert_s: float, prefill_s: float, steps: list[tuple[float, int]],
-            peak: float) -> SinkResult:
+def _result(n: int, insert_s: tuple[float, float], prefill_s: float, steps: list[tuple[float, int]],
+            peak: float, batch_rows: int) -> SinkResult:
+    """The steady span ends with the last batch cut by size (at least ``batch_rows``
+    rows): a smaller tail batch, however nearly full, waited on the batch timer."""
     batches = [b[1] - a[1] for a, b in pairwise(steps)]
-    last = len(steps) - 1
-    if last > 2 and batches[-1] < 0.9 * max(batches):
-        last -= 1  # a partial tail batch waited on the batch timer: not throughput
+    full = [i for i, rows in enumerate(batches, start=1) if rows >= batch_rows]
+    last = full[-1] if len(full) >= 2 else len(steps) - 1
     return SinkResult(
         rows=n, raw_insert_s=insert_s, prefill_s=prefill_s,
         sink_total_s=steps[-1][0] - steps[0][0], sink_first_rows_s=steps[1][0] - steps[0][0],

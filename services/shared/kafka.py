@@ -25,7 +25,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": settings.producer_linger_ms,
-        "compression.type": "none",
+        "compression.type": settings.kafka_compression,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "batch.num.messages": 10_000,

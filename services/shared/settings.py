@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503.")
     producer_linger_ms: float = 2.0
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Compression of what Sluice produces. lz4: the gateway's JSON lines "
+        "shrink ~4x for ~5% of its CPU, and the broker moves and keeps a quarter of the bytes."
+    )
     message_max_bytes: int = Field(
         900_000, description="A request's events for one partition are split into messages of "
         "at most this many bytes (Kafka's default message.max.bytes is about 1 MB)."

@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.agents_app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
+        datadir=str(settings.data_dir / "agents"),  # not ./<app id>-data in whatever the cwd is
         topic_partitions=settings.events_partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",

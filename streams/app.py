@@ -43,11 +43,13 @@ def _limit_fetch_wait(max_wait_ms: int) -> None:
 
 def create_app(settings: Settings) -> faust.App:
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
+    datadir = settings.data_dir / "agents"  # not ./<app id>-data in whatever the cwd is
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.agents_app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
-        datadir=str(settings.data_dir / "agents"),  # not ./<app id>-data in whatever the cwd is
+        datadir=str(datadir),
         topic_partitions=settings.events_partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",

@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from services.gateway.keys import KeyRing
+from services.gateway.publish import BrokerUnavailable
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics
@@ -139,6 +141,29 @@ def keyed(tokens: dict[str, str], settings: Settings, gateway: TestClient) -> Te
     :func:`create_keys`), answering at the broker's ack."""
     settings.queue_updates_default = True
     return gateway
+
+
+def break_broker(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every publish of ``app``'s gateway fails as a broker that does not ack would."""
+    async def down(*_: object, **__: object) -> None:
+        raise BrokerUnavailable("no ack within 3.0s")
+
+    monkeypatch.setattr(app.state.gateway.publisher, "publish", down)
+
+
+@pytest.fixture
+def broker_down(gateway: TestClient, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    """A gateway whose broker never acks: every POST must be a 503."""
+    break_broker(gateway.app, monkeypatch)  # type: ignore[arg-type]
+    return gateway
+
+
+@pytest.fixture
+def state_late(settings: Settings) -> Settings:
+    """POSTs wait for user state (queue_updates=false), but no agents run: they time out."""
+    settings.queue_updates_default = False
+    settings.update_timeout_s = 0.5
+    return settings
 
 
 @pytest.fixture

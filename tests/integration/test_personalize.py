@@ -26,11 +26,10 @@ from botocore.exceptions import ClientError
 
 from services.gateway.app import create_app
 from services.gateway.keys import KeyRing
-from services.gateway.publish import BrokerUnavailable
 from services.shared.broker import free_port
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
-from tests.integration.conftest import running_sink, wait_for
+from tests.integration.conftest import break_broker, running_sink, wait_for
 
 PROGRAM = "shop"
 ITEMS_ARN = f"arn:aws:personalize:eu-west-1:123456789012:dataset/{PROGRAM}/ITEMS"
@@ -273,10 +272,7 @@ def test_put_users_stores_the_properties_without_touching_user_state(served: Ser
 
 
 def test_broker_unavailable_is_a_503_the_sdk_sees(served: Served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    async def down(*_: object, **__: object) -> None:
-        raise BrokerUnavailable("no ack within 3s")
-
-    monkeypatch.setattr(served.app.state.gateway.publisher, "publish", down)
+    break_broker(served.app, monkeypatch)
     client = served.client()
     with pytest.raises(ClientError) as exc:
         client.put_events(trackingId=PROGRAM, sessionId="s",

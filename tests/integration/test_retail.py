@@ -13,7 +13,6 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
@@ -186,23 +185,17 @@ def test_request_level_errors_in_the_retail_shape(gateway: TestClient, settings:
     assert "1000 bytes" in assert_error(big, 413)["message"]
 
 
-def test_broker_unavailable_is_503_with_retry_after(gateway: TestClient, settings: Settings,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    async def down(*_: object, **__: object) -> None:
-        raise BrokerUnavailable("no ack within 3.0s")
-
-    monkeypatch.setattr(gateway.app.state.gateway.publisher, "publish", down)
-    response = gateway.post(URL, json=SALE, headers=H)
+def test_broker_unavailable_is_503_with_retry_after(broker_down: TestClient,
+                                                    settings: Settings) -> None:
+    response = broker_down.post(URL, json=SALE, headers=H)
     assert "retry later" in assert_error(response, 503)["message"]
     assert response.headers["retry-after"] == str(settings.retry_after_s)
 
 
-def test_user_state_late_is_504_events_durable(gateway: TestClient, settings: Settings) -> None:
-    settings.queue_updates_default = False  # waits for agents; none run
-    settings.update_timeout_s = 0.5
+def test_user_state_late_is_504_events_durable(gateway: TestClient, state_late: Settings) -> None:
     response = gateway.post(URL, json=SALE, headers=H)
     assert "do not resend" in assert_error(response, 504)["message"]
-    assert len(read_topic(settings.bootstrap, settings.topic_events, at_least=1)) == 1
+    assert len(read_topic(state_late.bootstrap, state_late.topic_events, at_least=1)) == 1
 
 
 # -- API keys --------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from services.gateway.publish import BrokerUnavailable
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
 from tests.integration.conftest import DIALECT_COLUMNS as COLUMNS
@@ -135,23 +134,17 @@ def test_request_level_errors_in_the_userflux_shape(gateway: TestClient, setting
     assert "1000 bytes" in assert_error(big, 413, "Request Entity Too Large")["message"]
 
 
-def test_broker_unavailable_is_503_with_retry_after(gateway: TestClient, settings: Settings,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    async def down(*_: object, **__: object) -> None:
-        raise BrokerUnavailable("no ack within 3.0s")
-
-    monkeypatch.setattr(gateway.app.state.gateway.publisher, "publish", down)
-    response = gateway.post(BATCH, json={"events": [EVENT]}, headers=H)
+def test_broker_unavailable_is_503_with_retry_after(broker_down: TestClient,
+                                                    settings: Settings) -> None:
+    response = broker_down.post(BATCH, json={"events": [EVENT]}, headers=H)
     assert "retry later" in assert_error(response, 503, "Service Unavailable")["message"]
     assert response.headers["retry-after"] == str(settings.retry_after_s)
 
 
-def test_user_state_late_is_504_events_durable(gateway: TestClient, settings: Settings) -> None:
-    settings.queue_updates_default = False  # waits for agents; none run
-    settings.update_timeout_s = 0.5
+def test_user_state_late_is_504_events_durable(gateway: TestClient, state_late: Settings) -> None:
     response = gateway.post(ONE, json=EVENT, headers=H)
     assert "do not resend" in assert_error(response, 504, "Gateway Timeout")["message"]
-    assert len(read_topic(settings.bootstrap, settings.topic_events, at_least=1)) == 1
+    assert len(read_topic(state_late.bootstrap, state_late.topic_events, at_least=1)) == 1
 
 
 # -- API keys: UserFlux's write-only key as Authorization: Bearer -----------------------

@@ -96,6 +96,7 @@ async def _aiokafka(bootstrap: str, topic: str, batches: list[Batch],
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
         linger_ms=settings.producer_linger_ms, max_batch_size=1_000_000,
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
     )
     await producer.start()
     headers = wire_headers()
@@ -116,7 +117,7 @@ async def _aiokafka(bootstrap: str, topic: str, batches: list[Batch],
     finally:
         await producer.stop()
     return ProducerResult("aiokafka", ok, err, seconds, _events_per_message(batches),
-                          "acks=all, enable_idempotence=False (idempotence fails on Tansu), "
+                          "acks=all, the same compression, enable_idempotence=False (idempotence fails on Tansu), "
                           "send() per message, gathered per 1000")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import closing
 
 import orjson
 import pytest
@@ -144,9 +145,9 @@ def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
     (agents stopped) then brings the state to what live processing computed."""
     bulk = [dict(e, user_id="bulk") for e in EVENTS]
     live = [dict(e, user_id="live") for e in EVENTS]
-    store = Store(settings)
     agents.start()
-    with running_sink(settings, store), TestClient(create_app(settings, store)) as client:
+    with closing(Store(settings)) as store, running_sink(settings, store), \
+            TestClient(create_app(settings, store)) as client:
         client.put("/assets", json={"assets": CATALOG}, headers=H)
         assert client.post("/events?queue_updates=false", json={"events": live}, headers=H).status_code == 200
         assert client.post("/events?process_user_actions=false", json={"events": bulk},
@@ -154,7 +155,6 @@ def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
         wait_for(lambda: store.query("SELECT count() AS n FROM events")[0]["n"] == 4)
         assert weights(client, "live") == EXPECTED_WEIGHTS
         assert weights(client, "bulk") == []
-    store.close()
     agents.stop_all()
 
     done = subprocess.run([sys.executable, "-m", "services.cli", "rebuild-state"],
@@ -163,16 +163,16 @@ def test_bulk_load_then_rebuild_gives_what_live_processing_gives(
     assert b"rebuilt 2 users from 4 events, and 4 assets" in done.stdout
 
     agents.start()
-    store = Store(settings)
-    with TestClient(create_app(settings, store)) as client:
+    # closing(): a failure here must not leave chDB open on this path for the next tests
+    with closing(Store(settings)) as store, TestClient(create_app(settings, store)) as client:
         wait_for(lambda: weights(client, "bulk") == EXPECTED_WEIGHTS, timeout_s=10)
         assert weights(client, "live") == EXPECTED_WEIGHTS
         assert recommendations(client, "bulk") == recommendations(client, "live")
         # live processing resumes on top of the rebuilt state, counting nothing twice
         more = [event("bulk", "a3", event_type="click", labels=[], event_timestamp=T)]
-        assert client.post("/events?queue_updates=false", json={"events": more}, headers=H).status_code == 200
+        response = client.post("/events?queue_updates=false", json={"events": more}, headers=H)
+        assert response.status_code == 200, (response.text, agents.stats(1))
         assert {w["label"]: w["weight"] for w in weights(client, "bulk")}["red"] == pytest.approx(7.0)
-    store.close()
 
 
 def test_worker_killed_loses_no_update_and_counts_none_twice(

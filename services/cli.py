@@ -54,6 +54,7 @@ def gateway(workers: int = typer.Option(1, help="uvicorn worker processes")) -> 
 def sink() -> None:
     """Kafka -> ClickHouse writer; SIGTERM/SIGINT drain and commit before exit."""
     from services.shared.clickhouse import Store
+    from services.shared.gc_tuning import tune_gc
     from services.shared.kafka import ensure_topics
     from services.sink.consume import Sink
 
@@ -61,6 +62,7 @@ def sink() -> None:
     ensure_topics(settings)
     store = Store(settings)
     worker = Sink(settings, store)
+    tune_gc(settings.gc_young_threshold)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())
     worker.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 from streams.app import create_app
@@ -11,4 +12,6 @@ from streams.app import create_app
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     ensure_topics(settings)
-    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+    app = create_app(settings)
+    tune_gc(settings.gc_young_threshold)  # user records churn per batch, as requests do
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     ddl_dir: Path = REPO_ROOT / "deploy" / "clickhouse"
 
+    # --- Every role -------------------------------------------------------------------
+    gc_young_threshold: int = Field(
+        50_000, description="Python's GC: collect the young generation every this many "
+        "allocations, after freezing what exists at start (CPython's default: 700; 0 keeps "
+        "Python's defaults). See services/shared/gc_tuning.py for why and what it measured."
+    )
+
     # --- Gateway -----------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = 8000

@@ -1,0 +1,36 @@
+"""tune_gc changes the process's collector: checked in a child process, so the test
+session's own collector keeps Python's defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import gc, json, sys
+from services.shared.gc_tuning import tune_gc
+from services.shared.settings import Settings
+before = gc.get_threshold()
+threshold = int(sys.argv[1]) if len(sys.argv) > 1 else Settings().gc_young_threshold
+tune_gc(threshold)
+print(json.dumps({"before": before, "after": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
+"""
+
+
+def probe(*args: str) -> dict[str, list[int] | int]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                          check=True, cwd=".")
+    return json.loads(done.stdout)
+
+
+def test_default_setting_freezes_the_start_heap_and_raises_the_young_threshold() -> None:
+    got = probe()
+    assert got["after"] == [50_000, *got["before"][1:]]
+    assert got["frozen"] > 1_000  # the imports (pydantic, settings) are out of the collector's way
+
+
+def test_zero_keeps_pythons_defaults() -> None:
+    got = probe("0")
+    assert got["after"] == got["before"]
+    assert got["frozen"] == 0

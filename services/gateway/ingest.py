@@ -13,36 +13,40 @@ answer in its vendor's own shape.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from services.gateway.deps import Gateway
 from services.gateway.errors import UpdateTimeout
-from services.gateway.validate import new_event_ids
+from services.gateway.validate import ApiEvent, new_event_ids
 from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key, partition_for
 
 # event_id of an event with a client-side id: the same (program, source, client id) always
 # gives the same event_id, so a retried request collapses in ClickHouse instead of doubling.
 CLIENT_ID_NAMESPACE = uuid.UUID("6f1d8a52-3c0e-4f5b-9a37-5b0f3f2d8e11")
+_ENCODER = msgspec.json.Encoder()
 
 
 async def ingest(
     gateway: Gateway,
     program_id: str,
-    events: list[dict[str, Any]],
+    events: Sequence[dict[str, Any]] | Sequence[ApiEvent],
     *,
     queue_updates: bool,
     process_user_actions: bool,
     source: str,
 ) -> int:
-    """Publish canonical events; returns how many were accepted (all, or it raises).
+    """Publish canonical events (dicts from the dialects, or ActionHub's checked
+    :class:`ApiEvent`s); returns how many were accepted (all, or it raises).
 
     The per-event work is kept to a few C calls (this loop is the gateway's hot path):
-    the event's own dict gets its event_id and asset_labels and is encoded once; the
-    fields the server owns are the same for the whole request, encoded once and appended
-    to each line; each user's partition is hashed once per request."""
+    each event is encoded once with its event_id and asset_labels; the fields the server
+    owns are the same for the whole request, encoded once and appended to each line; each
+    user's partition is hashed once per request."""
     tail = b"," + orjson.dumps({
         "program_id": program_id,
         "received_at": datetime.now(UTC),
@@ -51,25 +55,23 @@ async def ingest(
         "source": source,
     }, option=ENCODE_OPTIONS)[1:]
     asset_labels = gateway.views.catalog(program_id).labels_of
-    dumps, options = orjson.dumps, ENCODE_OPTIONS
+    ids = new_event_ids(len(events))
+    if events and isinstance(events[0], ApiEvent):
+        lines = _api_lines(events, ids, asset_labels, tail)  # type: ignore[arg-type]
+    else:
+        lines = _canonical_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
+                                 f"{program_id}\x1f{source}\x1f")
     partitions = gateway.publisher.partition_count()
     partition_of: dict[str, int] = {}
     lines_of: dict[int, list[bytes]] = {}  # partition -> its lines, each user's in order
-    for event, event_id in zip(events, new_event_ids(len(events)), strict=True):
-        client_id = event.get("client_event_id")
-        if client_id:
-            event_id = str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{program_id}\x1f{source}\x1f{client_id}"))
-        event["event_id"] = event_id
-        event["asset_labels"] = asset_labels(event["asset_id"])
-        user = event["user_id"]
+    for user, line in lines:
         partition = partition_of.get(user)
         if partition is None:
             partition = partition_of[user] = partition_for(message_key(program_id, user), partitions)
-        line = dumps(event, option=options)[:-1] + tail
-        if (lines := lines_of.get(partition)) is None:
+        if (same := lines_of.get(partition)) is None:
             lines_of[partition] = [line]
         else:
-            lines.append(line)
+            same.append(line)
     bundles = Bundles(lines_of, gateway.settings.message_max_bytes)
     positions = await gateway.publisher.publish(
         [(None, value) for value in bundles.values], headers=[WIRE_HEADER],
@@ -83,6 +85,35 @@ async def ingest(
         if not await gateway.views.wait_applied(targets, gateway.settings.update_timeout_s):
             raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
     return len(events)
+
+
+def _api_lines(events: list[ApiEvent], ids: list[str], asset_labels: Callable[[str], list[str]],
+               tail: bytes) -> list[tuple[str, bytes]]:
+    """(user, wire line) of each ActionHub event: msgspec encodes the Struct's five fields,
+    and the event_id, the asset's labels and the request's tail follow."""
+    encode = _ENCODER.encode
+    return [
+        (event.user_id, b"".join((encode(event)[:-1], b',"event_id":"', event_id.encode(),
+                                  b'","asset_labels":', encode(asset_labels(event.asset_id)),
+                                  tail)))
+        for event, event_id in zip(events, ids, strict=True)
+    ]
+
+
+def _canonical_lines(events: list[dict[str, Any]], ids: list[str],
+                     asset_labels: Callable[[str], list[str]], tail: bytes,
+                     client_id_prefix: str) -> list[tuple[str, bytes]]:
+    """(user, wire line) of each dialect's canonical event dict. A client's own event id
+    gives a deterministic event_id (see CLIENT_ID_NAMESPACE)."""
+    dumps, options = orjson.dumps, ENCODE_OPTIONS
+    out = []
+    for event, event_id in zip(events, ids, strict=True):
+        client_id = event.get("client_event_id")
+        event["event_id"] = (str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{client_id_prefix}{client_id}"))
+                             if client_id else event_id)
+        event["asset_labels"] = asset_labels(event["asset_id"])
+        out.append((event["user_id"], dumps(event, option=options)[:-1] + tail))
+    return out
 
 
 class Bundles:

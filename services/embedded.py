@@ -26,6 +26,7 @@ from rich.console import Console
 from services.gateway.app import create_app
 from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
+from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 from services.sink.consume import Sink
@@ -83,6 +84,7 @@ def run_embedded(settings: Settings) -> None:
         # so the drain below runs instead of the process dying on SIGTERM.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: None)
+        tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
         server.run()
         console.print("stopping: draining the sink into ClickHouse...")
         sink.stop()

@@ -20,7 +20,6 @@ from services.gateway.publish import Publisher
 from services.gateway.routes import assets, events, health, profiles, users
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
-from services.shared.gc_tuning import tune_gc
 from services.shared.settings import Settings
 
 TAGS = [
@@ -54,7 +53,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             keys=auth.keyring_for(settings),
         )
         app.state.gateway = gw
-        tune_gc(settings.gc_young_threshold)
         try:
             yield
         finally:

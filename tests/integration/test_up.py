@@ -50,7 +50,7 @@ def sluice_up(data_dir: Path, log: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 pass
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its whole group: broker and agents too
+            os.killpg(proc.pid, signal.SIGKILL)  # its broker and agents die with it
         proc.wait()
 
 

@@ -3,9 +3,35 @@
 Tansu (unless SLUICE_KAFKA_BOOTSTRAP names a cluster), the topics, ClickHouse (embedded
 chDB under ./data unless SLUICE_CLICKHOUSE_URL names a server), user state and catalog
 rebuilt from ClickHouse, the stream agents (a Faust worker process), the sink on a
-thread, and the gateway on the main thread. chDB admits one process per path, so the gateway's reads
-share the sink's Store. Shutdown order keeps every acknowledged event: gateway (flushes
-its producer) -> sink (drains the topic into ClickHouse) -> agents -> broker.
+thread, and the gateway (uvicorn) on a thread. chDB admits one process per path, so the
+gateway's reads share the sink's Store. Shutdown order keeps every acknowledged event:
+gateway (flushes its producer) -> sink (drains the topic into ClickHouse) -> agents ->
+broker.
+
+``sluice up`` is a supervisor: the main thread starts everything and then watches it.
+
+- **It owns its children.** The broker and the agents worker are started from the main
+  thread with ``PR_SET_PDEATHSIG=SIGKILL`` (``services.shared.processes``), so they die
+  with ``sluice up`` even when it is SIGKILLed; each runs in a process group of its own,
+  so a terminal's Ctrl-C reaches ``sluice up`` alone, which stops them in order. (Faust's
+  worker starts no processes of its own.)
+- **It adopts nothing.** Before starting anything it checks the broker port, the agents'
+  web port and the HTTP port, and exits 1 naming the port and the process that holds it.
+- **A dead agents worker is restarted** (one WARNING line, backing off if it keeps dying);
+  it recovers its table from the changelog as Faust does, and each user record's source
+  position makes the replay of uncommitted offsets count nothing twice.
+- **A dead embedded broker** took all it held: topics, offsets, the user-state changelog,
+  and every acknowledged event the sink had not yet stored in ClickHouse, which is lost
+  (one ERROR line says so). The stack therefore runs in *generations*: a generation is
+  the broker, its topics, the state rebuilt from ClickHouse, an agents worker, a sink and
+  a gateway (a fresh ``create_app`` and uvicorn Server: the gateway's views followed the
+  old broker's positions). On the broker's death the supervisor ends the generation
+  (the agents are killed at once, so they write nothing stale into the new broker; the
+  gateway stops; the sink writes what it had already fetched), then starts the next one
+  on the same ports and the same Store. Meanwhile the HTTP port is closed: clients see
+  refused connections, then 200s again. The ClickHouse store outlives generations.
+- **SIGTERM and SIGINT stop it with exit 0 in any phase**: while a generation starts they
+  unwind it; while it serves they stop it in the order above.
 """
 
 from __future__ import annotations
@@ -19,6 +45,7 @@ import sys
 import threading
 import time
 import urllib.request
+from types import FrameType
 
 import uvicorn
 from rich.console import Console
@@ -28,77 +55,254 @@ from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
+from services.shared.processes import port_taken, tied_to_this_process, who_listens
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
 
 log = logging.getLogger(__name__)
 
+AGENTS_BACKOFF_MAX_S = 30.0
+STOP_WAIT_S = 60.0  # for the gateway's and the sink's threads, each
+
 
 def run_embedded(settings: Settings) -> None:
     console = Console(stderr=True)
+    if taken := ports_taken(settings):
+        for line in taken:
+            console.print(f"[red]sluice up: {line}[/]")
+        console.print("[red]sluice up starts nothing it would not own: stop that process or "
+                      "choose another port[/]")
+        raise SystemExit(1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    broker = None
+    code = Supervisor(settings, console).run()
+    if code:
+        raise SystemExit(code)
+
+
+def ports_taken(settings: Settings) -> list[str]:
+    """One line per port that ``sluice up`` needs and finds held, naming the holder."""
+    wanted = [("SLUICE_HTTP_PORT", "the gateway", settings.http_host, settings.http_port)]
+    if settings.agents_web_port:
+        wanted.append(("SLUICE_AGENTS_WEB_PORT", "the agents' web page", settings.http_host,
+                       settings.agents_web_port))
     if not settings.kafka_bootstrap:
-        broker = EmbeddedBroker(
+        wanted.append(("SLUICE_EMBEDDED_BROKER_PORT", "the embedded broker",
+                       settings.embedded_broker_host, settings.embedded_broker_port))
+    lines: list[str] = []
+    seen: dict[int, str] = {}
+    for var, what, host, port in wanted:
+        if port in seen:
+            lines.append(f"{var} and {seen[port]} are both {port}")
+        elif port_taken(host, port):
+            lines.append(f"port {port} ({what}, {var}) is taken by {who_listens(port)}")
+        seen[port] = var
+    return lines
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT while a generation starts: unwind it."""
+
+
+class Supervisor:
+    """Starts a generation, watches it, restarts what died; see the module's docstring."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.settings, self.console = settings, console
+        self.broker = None if settings.kafka_bootstrap else EmbeddedBroker(
             settings.embedded_broker_host, settings.embedded_broker_port,
             log_path=settings.data_dir / "tansu.log",
-        ).start()
-    try:
+        )
+        self.store: Store | None = None
+        self.agents: subprocess.Popen[bytes] | None = None
+        self.agents_started_at = 0.0
+        self.agents_backoff_s = 0.0
+        self.sink: Sink | None = None
+        self.sink_thread: threading.Thread | None = None
+        self.sink_failed = False
+        self.server: uvicorn.Server | None = None
+        self.server_thread: threading.Thread | None = None
+        self.rows_written = 0
+        self.stopping = threading.Event()
+        self._unwind_on_signal = True  # while starting: a signal raises _Stop
+        self.exit_code = 0
+
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stopping.set()
+        if self._unwind_on_signal:
+            self._unwind_on_signal = False  # once: never inside the unwinding itself
+            raise _Stop
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        try:
+            self._start(first=True)
+            self._supervise()
+        except _Stop:
+            pass
+        finally:
+            self._unwind_on_signal = False
+            try:
+                self._stop_generation()
+                self.console.print(f"stopped; the sink wrote {self.rows_written} rows this run")
+                if self.store:
+                    self.store.close()
+            finally:
+                if self.broker:
+                    self.broker.stop()
+        return self.exit_code
+
+    # -- a generation -------------------------------------------------------------------
+    def _start(self, first: bool) -> None:
+        settings, console = self.settings, self.console
+        self._unwind_on_signal = True
+        if self.stopping.is_set():
+            raise _Stop
+        if self.broker:
+            self.broker.start()
         ensure_topics(settings)
-        store = Store(settings)
+        if self.store is None:
+            self.store = Store(settings)
         # The broker starts empty: bring back what ClickHouse holds before going live.
-        rebuilt = rebuild_state(settings, store, show_progress=True)
+        rebuilt = rebuild_state(settings, self.store, show_progress=True)
         if rebuilt.events or rebuilt.assets:
             console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
                           f"{rebuilt.assets} assets from ClickHouse")
-        agents = start_agents(settings)
-        sink = Sink(settings, store)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings, store), host=settings.http_host, port=settings.http_port,
-                log_level="warning", access_log=False,
-            )
-        )
+        self._start_agents()
+        self._start_sink()
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        if first:
+            console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
+            console.print(f"  gateway     {base}   docs {base}/docs")
+            broker_kind = "embedded Tansu, in memory" if self.broker else "external"
+            console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")
+            console.print(f"  clickhouse  {settings.clickhouse_dsn}")
+            console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
+            console.print(f"  agents      stats http://{settings.http_host}:"
+                          f"{settings.agents_web_port}/stats, log "
+                          f"{settings.data_dir / 'agents.log'}")
+        assert self.agents is not None
+        wait_for_agents(settings, self.agents, console)
+        tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
+        self._start_gateway()
+        self._unwind_on_signal = False
+        if self.stopping.is_set():  # a signal between the last check and the line above
+            raise _Stop
+
+    def _start_agents(self) -> None:
+        self.agents = start_agents(self.settings)
+        self.agents_started_at = time.monotonic()
+        log.info("agents worker started, pid %d", self.agents.pid)
+
+    def _start_sink(self) -> None:
+        assert self.store is not None
+        sink = self.sink = Sink(self.settings, self.store)
 
         def sink_main() -> None:
             try:
                 sink.run()
             except Exception:
                 log.exception("the sink failed; stopping")
-                server.should_exit = True
+                self.sink_failed = True
+                self.stopping.set()
 
-        sink_thread = threading.Thread(target=sink_main, name="sink")
-        sink_thread.start()
-        base = f"http://{settings.http_host}:{settings.http_port}"
-        console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
-        console.print(f"  gateway     {base}   docs {base}/docs")
-        broker_kind = "embedded Tansu, in memory" if broker else "external"
-        console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")
-        console.print(f"  clickhouse  {settings.clickhouse_dsn}")
-        console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
-        console.print(f"  agents      pid {agents.pid}, stats http://{settings.http_host}:"
-                      f"{settings.agents_web_port}/stats, log {settings.data_dir / 'agents.log'}")
-        wait_for_agents(settings, agents, console)
-        # uvicorn re-raises the signal that stopped it once it is done: make that a no-op
-        # so the drain below runs instead of the process dying on SIGTERM.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: None)
-        tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
-        server.run()
-        console.print("stopping: draining the sink into ClickHouse...")
-        sink.stop()
-        sink_thread.join()
-        agents.terminate()
-        try:
-            agents.wait(15)
-        except subprocess.TimeoutExpired:
-            agents.kill()
-        console.print(f"stopped; the sink wrote {sink.rows_written} rows this run")
-        store.close()
-    finally:
-        if broker:
-            broker.stop()
+        self.sink_thread = threading.Thread(target=sink_main, name="sink")
+        self.sink_thread.start()
+
+    def _start_gateway(self) -> None:
+        server = self.server = uvicorn.Server(uvicorn.Config(
+            create_app(self.settings, self.store), host=self.settings.http_host,
+            port=self.settings.http_port, log_level="warning", access_log=False,
+        ))
+        # Off the main thread uvicorn installs no signal handlers: this supervisor's stay.
+        self.server_thread = threading.Thread(target=server.run, name="gateway")
+        self.server_thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and self.server_thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start in 30 s")
+            time.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"the gateway could not serve on port {self.settings.http_port}")
+
+    def _stop_generation(self, broker_died: bool = False) -> None:
+        """Gateway (flushes) -> sink (drains into ClickHouse) -> agents. With a dead
+        broker the agents go first, killed: nothing of theirs may reach the next broker."""
+        if broker_died:
+            self._stop_agents(kill=True)
+        if self.server and self.server_thread:
+            self.server.should_exit = True
+            self.server_thread.join(STOP_WAIT_S)
+            if self.server_thread.is_alive():
+                log.error("the gateway did not stop in %.0f s", STOP_WAIT_S)
+        self.server = self.server_thread = None
+        if self.sink and self.sink_thread:
+            if not broker_died:
+                self.console.print("stopping: draining the sink into ClickHouse...")
+            self.sink.stop()
+            self.sink_thread.join(STOP_WAIT_S)
+            if self.sink_thread.is_alive():
+                # Its consumer would rejoin the next broker's group with old offsets.
+                raise RuntimeError(f"the sink did not stop in {STOP_WAIT_S:.0f} s")
+            self.rows_written += self.sink.rows_written
+        self.sink = self.sink_thread = None
+        self._stop_agents(kill=False)
+
+    def _stop_agents(self, kill: bool) -> None:
+        if self.agents is None:
+            return
+        if self.agents.poll() is None:
+            if kill:
+                self.agents.kill()
+            else:
+                self.agents.terminate()
+            try:
+                self.agents.wait(15)
+            except subprocess.TimeoutExpired:
+                self.agents.kill()
+                self.agents.wait()
+        self.agents = None
+
+    # -- watching -----------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self.stopping.wait(0.2):
+            if self.broker and self.broker.returncode is not None:
+                self._restart_broker()
+            elif self.agents is not None and self.agents.poll() is not None:
+                self._restart_agents()
+            elif self.server_thread is not None and not self.server_thread.is_alive():
+                log.error("the gateway stopped on its own; stopping")
+                self.exit_code = 1
+                return
+        if self.sink_failed:
+            self.exit_code = 1
+
+    def _restart_agents(self) -> None:
+        assert self.agents is not None
+        pid, code = self.agents.pid, self.agents.returncode
+        lived = time.monotonic() - self.agents_started_at
+        # at once, unless it keeps dying young: then 1, 2, 4... s
+        delay = self.agents_backoff_s = (
+            0.0 if lived >= 30 else min(max(1.0, 2 * self.agents_backoff_s), AGENTS_BACKOFF_MAX_S))
+        log.warning("the agents worker (pid %d) exited with %s after %.0f s; restarting it in "
+                    "%.0f s (it recovers user state from the changelog)", pid, code, lived, delay)
+        self.agents = None
+        if self.stopping.wait(delay):
+            return
+        self._start_agents()
+
+    def _restart_broker(self) -> None:
+        assert self.broker is not None
+        log.error("the embedded broker died (exit %s) and took what it held in memory: "
+                  "EVENTS ACKNOWLEDGED BUT NOT YET STORED IN CLICKHOUSE MAY BE LOST. Restarting "
+                  "it; user state and the catalog are rebuilt from ClickHouse",
+                  self.broker.returncode)
+        began = time.monotonic()
+        self._stop_generation(broker_died=True)
+        self.broker.stop()
+        self._start(first=False)
+        log.warning("serving again %.1f s after the broker's death", time.monotonic() - began)
 
 
 def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,
@@ -129,10 +333,11 @@ def owned_partitions(settings: Settings) -> int | None:
 
 
 def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
-    """The Faust worker in its own process (Faust owns its event loop and signals)."""
+    """The Faust worker in its own process (Faust owns its event loop and signals); it
+    dies with this process. Call from the main thread (see services.shared.processes)."""
     env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
     with open(settings.data_dir / "agents.log", "ab") as log_file:  # the child keeps its copy
         return subprocess.Popen(
             [sys.executable, "-m", "services.cli", "agents"], env=env,
-            stdout=log_file, stderr=subprocess.STDOUT,
+            stdout=log_file, stderr=subprocess.STDOUT, **tied_to_this_process(),
         )

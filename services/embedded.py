@@ -231,11 +231,15 @@ class Supervisor:
         broker the agents go first, killed: nothing of theirs may reach the next broker."""
         if broker_died:
             self._stop_agents(kill=True)
+            if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
+                self.sink.stop()
+        began = time.monotonic()
         if self.server and self.server_thread:
             self.server.should_exit = True
             self.server_thread.join(STOP_WAIT_S)
             if self.server_thread.is_alive():
                 log.error("the gateway did not stop in %.0f s", STOP_WAIT_S)
+            log.info("gateway stopped in %.1f s", time.monotonic() - began)
         self.server = self.server_thread = None
         if self.sink and self.sink_thread:
             if not broker_died:
@@ -246,6 +250,7 @@ class Supervisor:
                 # Its consumer would rejoin the next broker's group with old offsets.
                 raise RuntimeError(f"the sink did not stop in {STOP_WAIT_S:.0f} s")
             self.rows_written += self.sink.rows_written
+            log.info("sink stopped in %.1f s", time.monotonic() - began)
         self.sink = self.sink_thread = None
         self._stop_agents(kill=False)
 
@@ -301,8 +306,11 @@ class Supervisor:
         began = time.monotonic()
         self._stop_generation(broker_died=True)
         self.broker.stop()
+        stopped = time.monotonic()
         self._start(first=False)
-        log.warning("serving again %.1f s after the broker's death", time.monotonic() - began)
+        log.warning("serving again %.1f s after the broker's death (%.1f s to stop the old "
+                    "generation, %.1f s to start the next)", time.monotonic() - began,
+                    stopped - began, time.monotonic() - stopped)
 
 
 def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,

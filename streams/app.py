@@ -19,8 +19,8 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from services.gateway.publish import Publisher
 from services.shared.events import KEY_SEPARATOR
+from services.shared.publish import Publisher
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.records import UserRecord

@@ -4,6 +4,8 @@
 413: the body is larger than ``max_body_bytes``. 503 + Retry-After: the broker (or the
 store, for reads) is not available; nothing was acknowledged, retrying is safe.
 504: queue_updates=false and user state did not catch up in time; the events are durable.
+202 + receipt: ``wait=user|stored`` did not reach that level within SLUICE_WAIT_TIMEOUT_S;
+the events are durable at the broker and the receipt says when they reach it.
 No client input ever yields a 5xx other than 503.
 """
 
@@ -15,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.gateway.publish import BrokerUnavailable
+from services.shared.publish import BrokerUnavailable
 
 
 class PayloadTooLarge(Exception):
@@ -28,6 +30,13 @@ class UpdateTimeout(Exception):
 
     def __init__(self, events: int, timeout_s: float) -> None:
         self.events, self.timeout_s = events, timeout_s
+
+
+class StillPending(Exception):
+    """wait=user|stored: the batch is acked by the broker but not yet at that level."""
+
+    def __init__(self, receipt: str) -> None:
+        self.receipt = receipt
 
 
 class StoreUnavailable(Exception):
@@ -68,6 +77,10 @@ def install(app: FastAPI, retry_after_s: int) -> None:
              f"updated within {exc.timeout_s}s; it will be, so do not send them again"},
             status_code=504,
         )
+
+    @app.exception_handler(StillPending)
+    async def _pending(_: Request, exc: StillPending) -> JSONResponse:
+        return JSONResponse({"receipt": exc.receipt, "status": "pending"}, status_code=202)
 
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:

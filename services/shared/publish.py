@@ -4,7 +4,9 @@ One confluent-kafka producer per process. ``produce()`` only queues; a backgroun
 thread serves delivery reports (``poll``), counts them down per batch and wakes the
 waiting request through the event loop when the last one arrives. A batch that is not
 fully acked within ``publish_timeout_s`` raises :class:`BrokerUnavailable` (-> 503), so
-the API never reports as accepted an event the broker does not hold.
+the API never reports as accepted an event the broker does not hold. The producer is a
+:class:`HealingProducer`: one the broker fenced (after a stall) is replaced on the poll
+thread, and ``problem()`` says why this process cannot take events now (readiness).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
-from services.shared.kafka import producer_config
+from services.shared.kafka import HealingProducer, producer_config
 from services.shared.settings import Settings
 
 PARTITIONS_TTL_S = 30.0  # how often a publisher re-reads partition counts (scale-out)
@@ -31,10 +33,12 @@ class BrokerUnavailable(Exception):
 class _BatchAck:
     """Counts down one batch's delivery reports; called on the poll thread."""
 
-    __slots__ = ("error", "future", "loop", "pending", "positions")
+    __slots__ = ("check", "error", "future", "loop", "pending", "positions")
 
-    def __init__(self, pending: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pending: int, loop: asyncio.AbstractEventLoop,
+                 check: Callable[[KafkaError | None], None]) -> None:
         self.pending = pending
+        self.check = check
         self.error: KafkaError | None = None
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
@@ -42,6 +46,7 @@ class _BatchAck:
 
     def delivered(self, index: int, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
+            self.check(err)
             if self.error is None:
                 self.error = err
         else:
@@ -59,7 +64,7 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topic = settings.topic_events
-        self.producer = Producer(producer_config(settings))
+        self.producer = HealingProducer(producer_config(settings), name=f"publisher({self.topic})")
         # the configured count until the poll thread read the topic's (it does so at once)
         self._partition_count = settings.events_partitions
         self._running = True
@@ -86,7 +91,7 @@ class Publisher:
         (partition, offset)."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.publish_timeout_s
-        ack = _BatchAck(len(messages), loop)
+        ack = _BatchAck(len(messages), loop, self.producer.check)
         if not messages:
             return []
         produce, delivered = self.producer.produce, ack.delivered
@@ -104,6 +109,7 @@ class Publisher:
                     raise BrokerUnavailable("the broker is not keeping up") from None
                 await asyncio.sleep(0.005)
             except KafkaException as exc:
+                self.producer.check(exc.args[0] if exc.args else None)
                 raise BrokerUnavailable(str(exc)) from None
         try:
             await asyncio.wait_for(ack.future, max(0.0, deadline - time.monotonic()))
@@ -135,6 +141,18 @@ class Publisher:
             return True
         except KafkaException:
             return False
+
+    def problem(self) -> str | None:
+        """Why this process cannot take events now, or None (blocking: a metadata round trip)."""
+        if self.producer.broken is not None:
+            return f"producer broken, being replaced: {self.producer.broken}"
+        queued = len(self.producer)
+        if queued > self.settings.producer_queue_bound:
+            return (f"{queued} messages wait in the local queue for the broker "
+                    f"(bound {self.settings.producer_queue_bound})")
+        if not self.broker_reachable():
+            return "broker unreachable"
+        return None
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued, then stop the poll thread."""

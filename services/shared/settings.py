@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         5.0, description="How long a POST waits for the broker's acks=all before answering 503."
     )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503.")
+    producer_queue_bound: int = Field(
+        20_000, description="Readiness: more messages than this waiting in the producer's "
+        "local queue for the broker make /readyz answer 503 (a message is one partition's "
+        "share of a request)."
+    )
     producer_linger_ms: float = 2.0
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "lz4", description="Compression of what Sluice produces. lz4: the gateway's JSON lines "
@@ -111,6 +116,10 @@ class Settings(BaseSettings):
     exclude_last_n: int = Field(10, description="Assets of the user's last N events are excluded.")
     update_timeout_s: float = Field(
         10.0, description="queue_updates=false: how long a POST waits for user state (-> 504)."
+    )
+    wait_timeout_s: float = Field(
+        30.0, description="POST /events?wait=user|stored: how long it waits for that level "
+        "before answering 202 with a receipt (GET /receipts/{receipt})."
     )
     popularity_ttl_s: float = Field(2.0, description="How long program popularity is cached.")
 

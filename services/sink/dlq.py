@@ -1,15 +1,24 @@
 """Messages the sink cannot store -> the ``events.dlq`` topic, with the reason.
 
 The original bytes are kept untouched; headers say why and where they came from, so an
-operator can fix and replay them. Delivery is confirmed before the sink commits past them.
+operator can fix and replay them. Delivery is confirmed before the sink commits past them:
+letters the broker did not take (down, or a fenced producer, which is then replaced) are
+sent again until it does, so a broker outage pauses the sink instead of stopping it.
 """
 
 from __future__ import annotations
 
-from confluent_kafka import Message, Producer
+import logging
 
-from services.shared.kafka import producer_config
+from confluent_kafka import KafkaError, Message
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+from services.shared.kafka import HealingProducer, producer_config
 from services.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Letter = tuple[bytes | None, bytes | None, dict[str, bytes]]  # value, key, headers
 
 
 class DeadLetterError(Exception):
@@ -19,28 +28,61 @@ class DeadLetterError(Exception):
 class DeadLetters:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic_dlq
-        self.producer = Producer(producer_config(settings))
+        self.producer = HealingProducer(producer_config(settings), name="sink DLQ")
+        self.max_backoff_s = settings.sink_retry_max_backoff_s
         self.sent = 0
+        self._unconfirmed: list[Letter] = []
+        self._failed: list[Letter] = []
 
     def send(self, message: Message, reason: str, value: bytes | None = None) -> None:
         """Dead-letter ``value`` (default: the whole message; else the one bad line of it)."""
-        self.producer.produce(
-            self.topic,
-            value=message.value() if value is None else value,
-            key=message.key(),
-            headers={
-                "reason": reason.encode()[:2000],
-                "source_topic": (message.topic() or "").encode(),
-                "source_partition": str(message.partition()).encode(),
-                "source_offset": str(message.offset()).encode(),
-            },
-        )
+        letter = (message.value() if value is None else value, message.key(), {
+            "reason": reason.encode()[:2000],
+            "source_topic": (message.topic() or "").encode(),
+            "source_partition": str(message.partition()).encode(),
+            "source_offset": str(message.offset()).encode(),
+        })
+        self._unconfirmed.append(letter)
+        self._produce(letter)
         self.sent += 1
 
+    def _produce(self, letter: Letter) -> None:
+        value, key, headers = letter
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            self.producer.check(err)
+            if err is not None:
+                self._failed.append(letter)
+
+        self.producer.produce(self.topic, value, key, headers=headers, on_delivery=delivered)
+
     def confirm(self, timeout_s: float = 30.0) -> None:
-        """Block until every dead letter is acked by the broker."""
-        if self.producer.flush(timeout_s) > 0:
-            raise DeadLetterError("the DLQ topic did not acknowledge in time")
+        """Block until every dead letter is acked by the broker, resending what it refused
+        (with backoff) until it takes them all."""
+        if not self._unconfirmed:
+            return
+        retrying = Retrying(
+            retry=retry_if_exception_type(DeadLetterError),
+            wait=wait_exponential(multiplier=0.1, max=self.max_backoff_s),
+            before_sleep=lambda state: log.warning(
+                "the DLQ did not take %d letters (attempt %d); sending them again",
+                len(self._failed), state.attempt_number),
+            reraise=True,
+        )
+        retrying(self._confirm_once, timeout_s)
+        self._unconfirmed = []
+
+    def _confirm_once(self, timeout_s: float) -> None:
+        left = self.producer.flush(timeout_s)
+        if left == 0 and not self._failed:
+            return
+        if left:  # still queued after the timeout: give them up and send them again
+            self.producer.mark_broken(f"{left} dead letters not acknowledged in {timeout_s}s")
+            self.producer.flush(0)  # replaces it; the purged letters report as failed
+        failed, self._failed = self._failed, []
+        for letter in failed:
+            self._produce(letter)
+        raise DeadLetterError(f"the DLQ topic did not acknowledge {len(failed)} letters")
 
     def close(self) -> None:
         self.producer.flush(10)

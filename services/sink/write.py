@@ -2,15 +2,18 @@
 
 The wire bytes are already JSONEachRow rows, so the happy path is one ``raw_insert`` of
 the joined chunks (a chunk is one message: one or more rows), never split into rows. If
-it fails while ClickHouse answers pings, the data is at fault: the batch is split in
-halves, a lone chunk into its rows, until the rows ClickHouse refuses are isolated, and
-those go to the DLQ. If ClickHouse does not answer, the insert is retried with capped exponential
-backoff until it does (the batch stays uncommitted, so nothing is lost).
+it fails while ClickHouse answers pings, with an error about the data, the batch is split
+in halves, a lone chunk into its rows, until the rows ClickHouse refuses are isolated, and
+those go to the DLQ. If ClickHouse does not answer, or refuses the insert for a reason of
+its own (too many parts, memory, read-only, quorum, timeouts: see SERVER_SIDE), the insert
+is retried with capped exponential backoff until it succeeds (the batch stays
+uncommitted, so nothing is lost and nothing good goes to the DLQ).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
@@ -21,7 +24,23 @@ log = logging.getLogger(__name__)
 
 
 class ClickHouseDown(Exception):
-    """The insert failed and ClickHouse does not answer a ping: retry later."""
+    """The insert failed for a reason that is not the rows': retry later."""
+
+
+# ClickHouse error codes that say "not now", whatever the rows: an insert refused with one
+# of them is retried, never split into dead letters. An error without a code (connection
+# refused, HTTP 5xx from a proxy) is treated the same.
+SERVER_SIDE = frozenset({
+    3, 23, 24, 74, 75, 159, 164, 202, 209, 210, 236, 241, 242, 243, 252, 279, 285, 286, 289,
+    319, 394, 425, 497, 516, 999, 1000,
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def refused_by_server(exc: BaseException) -> bool:
+    """True when ClickHouse refused the insert for its own reasons, not the data's."""
+    found = _CODE.search(str(exc))
+    return found is None or int(found.group(1)) in SERVER_SIDE
 
 
 Reject = Callable[[int, bytes, str], None]  # (chunk index, refused row, reason)
@@ -43,7 +62,7 @@ class RowWriter:
             retry=retry_if_exception_type(ClickHouseDown),
             wait=wait_exponential(multiplier=0.1, max=self.max_backoff_s),
             before_sleep=lambda state: log.warning(
-                "ClickHouse unavailable (attempt %d), sink paused: %s",
+                "ClickHouse unavailable or refusing inserts (attempt %d), sink paused: %s",
                 state.attempt_number, state.outcome.exception() if state.outcome else "",
             ),
             reraise=True,
@@ -55,8 +74,8 @@ class RowWriter:
             self.store.insert_json_rows(self.table, b"\n".join(chunks))
             return sum(chunk.count(b"\n") + 1 for chunk in chunks)
         except Exception as exc:
-            if not self.store.ping():
-                raise ClickHouseDown(str(exc)) from exc
+            if refused_by_server(exc) or not self.store.ping():
+                raise ClickHouseDown(str(exc)[:500]) from exc
             if len(chunks) == 1:
                 rows = chunks[0].split(b"\n")
                 if len(rows) == 1:

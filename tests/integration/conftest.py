@@ -25,10 +25,10 @@ from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from services.gateway.keys import KeyRing
-from services.gateway.publish import BrokerUnavailable
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.kafka import ensure_topics
+from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 

@@ -42,7 +42,7 @@ def test_broker_stopped_means_503_never_200(tmp_path: Path) -> None:
                 assert down.headers["retry-after"] == "3"
                 assert "retry later" in down.json()["detail"]
             ready = client.get("/readyz")
-            assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unreachable"
+            assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "broker unreachable"
     finally:
         broker.stop()
 

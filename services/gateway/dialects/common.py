@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from services.gateway.auth import BEARER, AuthError, check_bearer
 from services.gateway.deps import GatewayDep
 from services.gateway.errors import PayloadTooLarge, UpdateTimeout
-from services.gateway.publish import BrokerUnavailable
+from services.shared.publish import BrokerUnavailable
 
 
 class ErrorShape(Protocol):

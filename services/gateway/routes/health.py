@@ -17,15 +17,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The broker and ClickHouse are reachable, and the views have caught up")
+@router.get(
+    "/readyz",
+    summary="This gateway can take events now: broker reachable, producer healthy, local "
+    "queue under its bound, ClickHouse reachable, and the views caught up",
+    responses={503: {"description": "Not ready; `checks` says which check failed and why"}},
+)
 async def readyz(gateway: GatewayDep) -> JSONResponse:
-    broker = await asyncio.to_thread(gateway.publisher.broker_reachable)
+    problem = await asyncio.to_thread(gateway.publisher.problem)
     # reads must not serve a cold view: wait (briefly) until the views have caught up
     caught_up = gateway.views.caught_up
     views = caught_up.is_set() or await asyncio.to_thread(caught_up.wait, 2.0)
-    checks = {"broker": "ok" if broker else "unreachable",
+    checks = {"broker": problem or "ok",
               "views": "caught up" if views else "catching up with assets and user state"}
-    ready = broker and views
+    ready = problem is None and views
     if gateway.store is None:
         checks["clickhouse"] = "not used by this process (embedded, owned by the sink)"
     else:

@@ -16,10 +16,11 @@ from fastapi.openapi.utils import get_openapi
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, retail, userflux
-from services.gateway.publish import Publisher
-from services.gateway.routes import assets, events, health, profiles, users
+from services.gateway.progress import GroupProgress
+from services.gateway.routes import assets, events, health, profiles, receipts, users
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
+from services.shared.publish import Publisher
 from services.shared.settings import Settings
 
 TAGS = [
@@ -50,6 +51,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             publisher=Publisher(settings),
             store=Store(settings) if own_store else store,
             views=Views(settings).start(),
+            progress=GroupProgress(settings).start(),
             keys=auth.keyring_for(settings),
         )
         app.state.gateway = gw
@@ -57,6 +59,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             gw.views.stop()
+            gw.progress.stop()
             gw.publisher.close()
             if own_store and gw.store is not None:
                 gw.store.close()
@@ -71,6 +74,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(assets.router)
     app.include_router(users.router)
+    app.include_router(receipts.router)
     app.include_router(health.router)
     app.include_router(personalize.router)
     app.include_router(profiles.router)

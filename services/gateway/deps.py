@@ -10,9 +10,10 @@ from fastapi import Depends, Header, Request
 from services.gateway.errors import StoreUnavailable
 from services.gateway.keys import KeyRing
 from services.gateway.popularity import Popularities
-from services.gateway.publish import Publisher
+from services.gateway.progress import GroupProgress
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
+from services.shared.publish import Publisher
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 
@@ -25,6 +26,7 @@ class Gateway:
     publisher: Publisher
     store: Store | None  # None: embedded ClickHouse owned by another process
     views: Views
+    progress: GroupProgress
     keys: KeyRing | None = None  # None: open (no keys file, or SLUICE_AUTH=off)
     popularity: Popularities = field(init=False)
     model_configs: ModelConfigs = field(init=False)

@@ -6,8 +6,9 @@ of the fields the server owns: program_id, event_id, received_at, the flags, sou
 asset_labels) and calls
 :func:`ingest`; it fills in what the server owns, bundles the events per partition (see
 :mod:`services.shared.events`), publishes with acks=all and, for ``queue_updates=false``, waits for the
-agents. Failures are raised (BrokerUnavailable, UpdateTimeout) for each dialect to
-answer in its vendor's own shape.
+agents, or for ``wait=stored``, for the sink's group to commit past the batch. Failures
+are raised (BrokerUnavailable, UpdateTimeout, StillPending) for each dialect to answer in
+its vendor's own shape.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import msgspec
 import orjson
 
 from services.gateway.deps import Gateway
-from services.gateway.errors import UpdateTimeout
+from services.gateway.errors import StillPending, UpdateTimeout
+from services.gateway.receipts import Level, Receipt, highest_offsets
 from services.gateway.validate import ApiEvent, new_event_ids
 from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key, partition_for
 
@@ -39,9 +41,16 @@ async def ingest(
     queue_updates: bool,
     process_user_actions: bool,
     source: str,
+    wait: Level | None = None,
 ) -> int:
     """Publish canonical events (dicts from the dialects, or ActionHub's checked
     :class:`ApiEvent`s); returns how many were accepted (all, or it raises).
+
+    ``wait``: ``broker`` answers at the ack, ``user`` once every user's state includes the
+    batch, ``stored`` once the sink's group committed past it (ClickHouse holds it); past
+    SLUICE_WAIT_TIMEOUT_S it raises StillPending with a receipt. Without it,
+    ``queue_updates`` decides as it always did (``false``: wait for user state, 504 past
+    SLUICE_UPDATE_TIMEOUT_S).
 
     The per-event work is kept to a few C calls (this loop is the gateway's hot path):
     each event is encoded once with its event_id and asset_labels; the fields the server
@@ -77,13 +86,21 @@ async def ingest(
         [(None, value) for value in bundles.values], headers=[WIRE_HEADER],
         partitions=bundles.partitions,
     )
-    if not queue_updates and process_user_actions:
+    level = wait or ("broker" if queue_updates else "user")
+    if level == "user" and process_user_actions:
         targets = {
             message_key(program_id, user): positions[bundles.message_of(user, partition)]
             for user, partition in partition_of.items()
         }
-        if not await gateway.views.wait_applied(targets, gateway.settings.update_timeout_s):
-            raise UpdateTimeout(len(events), gateway.settings.update_timeout_s)
+        timeout_s = gateway.settings.wait_timeout_s if wait else gateway.settings.update_timeout_s
+        if not await gateway.views.wait_applied(targets, timeout_s):
+            if wait is None:
+                raise UpdateTimeout(len(events), timeout_s)
+            raise StillPending(Receipt(program_id, "user", highest_offsets(positions)).encode())
+    elif level == "stored":
+        highest = highest_offsets(positions)
+        if not await gateway.progress.wait("stored", highest, gateway.settings.wait_timeout_s):
+            raise StillPending(Receipt(program_id, "stored", highest).encode())
     return len(events)
 
 

@@ -19,6 +19,7 @@ from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep, ProgramId, require_store
 from services.gateway.ingest import ingest
+from services.gateway.receipts import Level
 from services.gateway.validate import EVENT_LIST, parse_event_list
 
 router = APIRouter(tags=["ActionHub"])
@@ -55,6 +56,10 @@ class StoredEvents(BaseModel):
 
 EVENT_LIST_SCHEMA = EVENT_LIST.json_schema(ref_template="#/components/schemas/{model}")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "wait=user|stored: the broker holds the batch, but it did not reach "
+          "that level within SLUICE_WAIT_TIMEOUT_S; `GET /receipts/{receipt}` says when it does",
+          "content": {"application/json": {"example": {"receipt": "kwGkc2hvcKZzdG9yZWSBAAc",
+                                                       "status": "pending"}}}},
     413: {"description": "Body larger than the gateway's limit"},
     503: {"description": "Broker unavailable: nothing was accepted; retry after Retry-After"},
     504: {"description": "queue_updates=false: the events are durable, but user state was not "
@@ -85,12 +90,22 @@ async def post_events(
     process_user_actions: Annotated[
         bool, Query(description="false: store only, no user-state update (bulk back-fill)")
     ] = True,
+    wait: Annotated[
+        Level | None,
+        Query(description="When to answer: `broker` at the broker's ack (acks=all), `user` once "
+              "every user's state includes the batch, `stored` once ClickHouse holds every "
+              "event of it (nothing acked this way is lost, even by a crash of the embedded "
+              "stack). Past SLUICE_WAIT_TIMEOUT_S: 202 with a receipt. Unset: queue_updates "
+              "decides (true: broker, false: user)."),
+    ] = None,
 ) -> Response:
     settings = gateway.settings
     events = parse_event_list(await read_json_body(request, settings.max_body_bytes))
     queue = settings.queue_updates_default if queue_updates is None else queue_updates
+    if wait is not None:
+        queue = wait != "user"
     await ingest(gateway, program_id, events, queue_updates=queue,
-                 process_user_actions=process_user_actions, source="actionhub")
+                 process_user_actions=process_user_actions, source="actionhub", wait=wait)
     body = orjson.dumps({"result": f"accepted {len(events)} events"})
     return Response(body, media_type="application/json")
 

@@ -74,7 +74,7 @@ class RowWriter:
             self.store.insert_json_rows(self.table, b"\n".join(chunks))
             return sum(chunk.count(b"\n") + 1 for chunk in chunks)
         except Exception as exc:
-            if refused_by_server(exc) or not self.store.ping():
+            if not self.store.ping() or refused_by_server(exc):
                 raise ClickHouseDown(str(exc)[:500]) from exc
             if len(chunks) == 1:
                 rows = chunks[0].split(b"\n")

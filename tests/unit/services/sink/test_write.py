@@ -6,8 +6,10 @@ from services.sink.write import RowWriter
 
 
 class FakeStore:
-    def __init__(self, down_for: int = 0, refuse: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, down_for: int = 0, refuse: frozenset[bytes] = frozenset(),
+                 refusing_inserts_for: int = 0) -> None:
         self.down_for = down_for
+        self.refusing_inserts_for = refusing_inserts_for  # answers pings all the while
         self.refuse = refuse
         self.rows: list[bytes] = []
         self.inserts = 0
@@ -16,9 +18,13 @@ class FakeStore:
         self.inserts += 1
         if self.down_for > 0:
             raise ConnectionError("connection refused")
+        if self.refusing_inserts_for > 0:
+            self.refusing_inserts_for -= 1
+            raise RuntimeError("Code: 252. DB::Exception: Too many parts (300). Merges are "
+                               "processing significantly slower than inserts")
         lines = rows.split(b"\n")
         if any(line in self.refuse for line in lines):
-            raise ValueError("Cannot parse input")
+            raise ValueError("Code: 27. DB::Exception: Cannot parse input: expected '{'")
         self.rows.extend(lines)
 
     def ping(self) -> bool:
@@ -41,6 +47,14 @@ def test_retries_while_clickhouse_is_down_and_loses_nothing() -> None:
     written = RowWriter(store, "events", 0.01).write([b"a", b"b"], lambda i, r, why: rejected.append(i))  # type: ignore[arg-type]
     assert written == 2 and store.rows == [b"a", b"b"] and rejected == []
     assert store.inserts == 4
+
+
+def test_inserts_refused_for_the_servers_own_reasons_are_retried_not_dead_lettered() -> None:
+    store = FakeStore(refusing_inserts_for=4)  # too many parts, pings fine all along
+    rejected: list[int] = []
+    written = RowWriter(store, "events", 0.01).write([b"a", b"b"], lambda i, r, why: rejected.append(i))  # type: ignore[arg-type]
+    assert written == 2 and store.rows == [b"a", b"b"] and rejected == []
+    assert store.inserts == 5
 
 
 def test_refused_rows_are_isolated_and_the_rest_written() -> None:

@@ -13,18 +13,22 @@ states of its users.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.shared.events import KEY_SEPARATOR
-from services.shared.publish import Publisher
+from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.records import UserRecord
 from streams.update import apply_messages, split_by_user
+
+log = logging.getLogger(__name__)
 
 
 def _limit_fetch_wait(max_wait_ms: int) -> None:
@@ -104,8 +108,20 @@ def create_app(settings: Settings) -> faust.App:
                     user_state.data[key] = value
                     written.append((key, value))
                     partitions.append(entries[-1].partition)
-            # a user's state goes to the changelog partition of its events' partition
-            await changelog.publish(written, topic=settings.topic_user_state, partitions=partitions)
+            # a user's state goes to the changelog partition of its events' partition; a
+            # broker that is down or stalled pauses the agent here (nothing of the batch is
+            # acked, so nothing is committed): it must not crash it, which would stop it
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(BrokerUnavailable),
+                wait=wait_exponential(multiplier=0.1, max=settings.sink_retry_max_backoff_s),
+                before_sleep=lambda state, n=len(written): log.warning(
+                    "agents: the changelog did not take %d records (attempt %d), retrying: %s",
+                    n, state.attempt_number,
+                    state.outcome.exception() if state.outcome else ""),
+            ):
+                with attempt:
+                    await changelog.publish(written, topic=settings.topic_user_state,
+                                            partitions=partitions)
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
 

@@ -1,0 +1,170 @@
+"""Faults under load, on a broker of each test's own (real Tansu + chDB): what clients see
+and what is kept, counted event by event.
+
+- the broker frozen (SIGSTOP) 12 s under load, then resumed;
+- ``wait=stored`` batches, then SIGKILL of the whole embedded stack;
+- ClickHouse refusing inserts for a while.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from services.gateway.app import create_app
+from services.gateway.views import Views
+from services.shared.broker import EmbeddedBroker, free_port
+from services.shared.clickhouse import Store
+from services.shared.events import message_key
+from services.shared.kafka import ensure_topics
+from services.shared.settings import Settings
+from tests.integration.conftest import Agents, event, running_sink, wait_for
+
+H = {"program-id": "shop"}
+USERS_PER_BATCH, EVENTS_PER_USER = 10, 2
+
+
+@pytest.fixture
+def own_broker(settings: Settings, tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own, to freeze or kill without touching other tests."""
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
+    settings.kafka_bootstrap = broker.bootstrap
+    ensure_topics(settings)
+    yield broker
+    if broker.process and broker.process.poll() is None:
+        os.kill(broker.process.pid, signal.SIGCONT)
+    broker.stop()
+
+
+@contextmanager
+def serving(settings: Settings, store: Store) -> Iterator[tuple[str, FastAPI]]:
+    """The gateway on a real HTTP port (uvicorn on a thread), sharing the test's Store."""
+    settings.http_port = free_port()
+    app = create_app(settings, store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1",
+                                           port=settings.http_port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="test-gateway")
+    thread.start()
+    base = f"http://127.0.0.1:{settings.http_port}"
+    try:
+        wait_for(lambda: _status(f"{base}/healthz") == 200, timeout_s=30)
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def batch(n: int) -> dict[str, list[dict[str, object]]]:
+    """Batch n: its own users b<n>-u<i>, EVENTS_PER_USER purchases each (weight 5 each)."""
+    return {"events": [event(f"b{n}-u{i}", f"a{j}", event_type="purchase", labels=["x"])
+                       for i in range(USERS_PER_BATCH) for j in range(EVENTS_PER_USER)]}
+
+
+def test_broker_frozen_12s_under_load_heals_by_itself(
+        settings: Settings, own_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    settings.queue_updates_default = True
+    settings.publish_timeout_s = 3.0
+    store = Store(settings)
+    agents = Agents(settings, tmp_path)
+    answers: list[tuple[int, int, float]] = []  # (batch, status, when)
+    readiness: list[tuple[float, int]] = []
+    numbers = itertools.count()
+    stop = threading.Event()
+
+    def client(base: str) -> None:
+        with httpx.Client(base_url=base, headers=H, timeout=30) as http:
+            while not stop.is_set():
+                n = next(numbers)
+                try:
+                    status = http.post("/events", json=batch(n)).status_code
+                except httpx.HTTPError:
+                    status = 0
+                answers.append((n, status, time.monotonic()))
+                time.sleep(0.02)
+
+    def probe(base: str) -> None:
+        while not stop.is_set():
+            readiness.append((time.monotonic(), _status(f"{base}/readyz")))
+            time.sleep(0.25)
+
+    try:
+        agents.start()
+        with running_sink(settings, store), serving(settings, store) as (base, app):
+            threads = [threading.Thread(target=client, args=(base,)) for _ in range(3)]
+            threads.append(threading.Thread(target=probe, args=(base,)))
+            for t in threads:
+                t.start()
+            time.sleep(3)
+            assert own_broker.process is not None
+            os.kill(own_broker.process.pid, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            time.sleep(12)
+            os.kill(own_broker.process.pid, signal.SIGCONT)
+            resumed_at = time.monotonic()
+            time.sleep(10)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            ok = sorted(n for n, status, _ in answers if status == 200)
+            # every batch answered 200 is stored whole, exactly once
+            wait_for(lambda: _stored_batches(store, ok) == len(ok), timeout_s=60)
+            # and every one of its users' state counts its events once
+            views = app.state.gateway.views
+            wait_for(lambda: _users_right(views, ok), timeout_s=60)
+    finally:
+        agents.stop_all()
+        store.close()
+    statuses = {status for _, status, _ in answers}
+    assert statuses <= {200, 503}, statuses
+    before = [n for n, status, t in answers if t < frozen_at and status == 200]
+    during = [status for _, status, t in answers if frozen_at + 4 < t < resumed_at]
+    first_ok_after = min(t for _, status, t in answers if status == 200 and t > resumed_at)
+    print(f"\n{len(ok)} batches acked, {len(answers) - len(ok)} refused; first 200 "
+          f"{first_ok_after - resumed_at:.2f}s after the broker resumed")
+    assert before and 503 in during and 200 not in during
+    assert first_ok_after - resumed_at < 5
+    assert any(status == 503 for t, status in readiness if frozen_at + 2 < t < resumed_at)
+    assert any(status == 200 for t, status in readiness if t > resumed_at + 5)
+    # the last seconds are 200s only: it healed, and stays healed
+    assert all(status == 200 for _, status, t in answers if t > resumed_at + 5)
+
+
+def _stored_batches(store: Store, batches: list[int]) -> int:
+    """How many of ``batches`` ClickHouse holds whole and once (FINAL: as readers see it)."""
+    rows = store.query(
+        "SELECT splitByChar('-', user_id)[1] AS b, count() AS n FROM events FINAL "
+        "WHERE program_id = 'shop' GROUP BY b")
+    held = {row["b"]: row["n"] for row in rows}
+    whole = USERS_PER_BATCH * EVENTS_PER_USER
+    for n in batches:
+        assert held.get(f"b{n}", 0) <= whole, f"batch {n} stored {held[f'b{n}']} times {whole}"
+    return sum(held.get(f"b{n}") == whole for n in batches)
+
+
+def _users_right(views: Views, batches: list[int]) -> bool:
+    """Each user of each acked batch: state that counts each of its events once."""
+    for n in batches:
+        for i in range(USERS_PER_BATCH):
+            record = views.user(message_key("shop", f"b{n}-u{i}"))
+            if record is None or record.events < EVENTS_PER_USER:
+                return False
+            assert record.events == EVENTS_PER_USER, (n, i, record.events)
+    return True

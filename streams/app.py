@@ -111,12 +111,13 @@ def create_app(settings: Settings) -> faust.App:
             # a user's state goes to the changelog partition of its events' partition; a
             # broker that is down or stalled pauses the agent here (nothing of the batch is
             # acked, so nothing is committed): it must not crash it, which would stop it
+            records = len(written)
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(BrokerUnavailable),
                 wait=wait_exponential(multiplier=0.1, max=settings.sink_retry_max_backoff_s),
-                before_sleep=lambda state, n=len(written): log.warning(
+                before_sleep=lambda state: log.warning(
                     "agents: the changelog did not take %d records (attempt %d), retrying: %s",
-                    n, state.attempt_number,
+                    records, state.attempt_number,
                     state.outcome.exception() if state.outcome else ""),
             ):
                 with attempt:

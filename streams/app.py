@@ -19,7 +19,7 @@ from typing import Any
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from services.shared.events import KEY_SEPARATOR
 from services.shared.publish import BrokerUnavailable, Publisher
@@ -29,6 +29,12 @@ from streams.records import UserRecord
 from streams.update import apply_messages, split_by_user
 
 log = logging.getLogger(__name__)
+
+
+def _log_changelog_retry(state: RetryCallState) -> None:
+    log.warning("agents: the changelog did not take a batch's records (attempt %d), "
+                "retrying: %s", state.attempt_number,
+                state.outcome.exception() if state.outcome else "")
 
 
 def _limit_fetch_wait(max_wait_ms: int) -> None:
@@ -111,14 +117,10 @@ def create_app(settings: Settings) -> faust.App:
             # a user's state goes to the changelog partition of its events' partition; a
             # broker that is down or stalled pauses the agent here (nothing of the batch is
             # acked, so nothing is committed): it must not crash it, which would stop it
-            records = len(written)
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(BrokerUnavailable),
                 wait=wait_exponential(multiplier=0.1, max=settings.sink_retry_max_backoff_s),
-                before_sleep=lambda state: log.warning(
-                    "agents: the changelog did not take %d records (attempt %d), retrying: %s",
-                    records, state.attempt_number,
-                    state.outcome.exception() if state.outcome else ""),
+                before_sleep=_log_changelog_retry,
             ):
                 with attempt:
                     await changelog.publish(written, topic=settings.topic_user_state,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from services.gateway.errors import StillPending, UpdateTimeout
 from services.gateway.receipts import Level, Receipt, highest_offsets
 from services.gateway.validate import ApiEvent, new_event_ids
 from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key, partition_for
+from services.shared.metrics import accepted
 
 # event_id of an event with a client-side id: the same (program, source, client id) always
 # gives the same event_id, so a retried request collapses in ClickHouse instead of doubling.
@@ -56,6 +58,7 @@ async def ingest(
     each event is encoded once with its event_id and asset_labels; the fields the server
     owns are the same for the whole request, encoded once and appended to each line; each
     user's partition is hashed once per request."""
+    began = perf_counter()
     tail = b"," + orjson.dumps({
         "program_id": program_id,
         "received_at": datetime.now(UTC),
@@ -86,6 +89,7 @@ async def ingest(
         [(None, value) for value in bundles.values], headers=[WIRE_HEADER],
         partitions=bundles.partitions,
     )
+    accepted(source, len(events), began)  # metrics: once per request
     level = wait or ("broker" if queue_updates else "user")
     if level == "user" and process_user_actions:
         targets = {

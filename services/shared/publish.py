@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import Gauge
 
 from services.shared.kafka import HealingProducer, producer_config
 from services.shared.settings import Settings
@@ -61,8 +62,10 @@ class _BatchAck:
 
 
 class Publisher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queue_gauge: Gauge | None = None) -> None:
+        """``queue_gauge``: set to the local queue's length on every poll (the gateway's)."""
         self.settings = settings
+        self._queue_gauge = queue_gauge
         self.topic = settings.topic_events
         self.producer = HealingProducer(producer_config(settings), name=f"publisher({self.topic})")
         # the configured count until the poll thread read the topic's (it does so at once)
@@ -75,6 +78,8 @@ class Publisher:
         refreshed = float("-inf")
         while self._running:
             self.producer.poll(0.05)
+            if self._queue_gauge is not None:
+                self._queue_gauge.set(len(self.producer))
             if time.monotonic() - refreshed > PARTITIONS_TTL_S:
                 self._read_partition_count()
                 refreshed = time.monotonic()

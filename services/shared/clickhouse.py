@@ -81,6 +81,11 @@ class Store:
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             return False
 
+    def command(self, sql: str) -> None:
+        """A statement without a result (DDL, settings), serialised with the other calls."""
+        with self._lock:
+            self.client.command(sql)
+
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
             result = self.client.query(sql, parameters=parameters or {})

@@ -87,10 +87,16 @@ class Settings(BaseSettings):
     # --- Sink --------------------------------------------------------------------------
     sink_group: str = "sluice-sink"
     sink_batch_rows: int = Field(50_000, description="Insert when this many rows are waiting...")
-    sink_batch_seconds: float = Field(1.0, description="...or when the oldest has waited this long.")
+    sink_batch_seconds: float = Field(
+        0.25, description="...or when the oldest has waited this long: what wait=stored waits "
+        "at light load, and the embedded broker's window of acked-but-unstored events.")
     sink_retry_max_backoff_s: float = Field(10.0, description="Cap of the backoff while ClickHouse is down.")
     sink_drain_idle_s: float = Field(
         0.5, description="On shutdown, the sink drains until the topic is idle this long."
+    )
+    sink_metrics_port: int = Field(
+        8001, description="`sluice sink` serves Prometheus' /metrics on http_host:this port "
+        "(0: not at all). In `sluice up` the sink's metrics are on the gateway's /metrics."
     )
 
     # --- Stream agents and user state ---------------------------------------------------

@@ -31,6 +31,8 @@ from services.shared.assets import decode_asset
 from services.shared.clickhouse import Store
 from services.shared.events import WIRE_HEADER, InvalidEvent, decode, lines
 from services.shared.kafka import consumer_config
+from services.shared.lag import LAG
+from services.shared.metrics import DLQ_MESSAGES, SINK_BATCH_ROWS, SINK_INSERT_SECONDS, SINK_ROWS
 from services.shared.settings import Settings
 from services.sink.dlq import DeadLetters
 from services.sink.write import RowWriter
@@ -38,6 +40,7 @@ from services.sink.write import RowWriter
 log = logging.getLogger(__name__)
 
 MAX_DRAIN_S = 30.0
+IDLE_POLL_S = 0.05
 
 
 class Sink:
@@ -67,6 +70,7 @@ class Sink:
         """Consume until ``stop()``; then drain, flush and close."""
         self._writer.start()
         self.consumer.subscribe(list(self.writers), on_revoke=self._on_revoke)
+        lag = LAG.watch(self.settings.bootstrap, self.settings.sink_group, list(self.writers))
         try:
             while not self._stop.is_set():
                 self._check_writer()
@@ -78,6 +82,7 @@ class Sink:
             self._writer.join()
             self.consumer.close()
             self.dead_letters.close()
+            LAG.unwatch(lag)
         self._check_writer()
 
     def stop(self) -> None:
@@ -85,10 +90,14 @@ class Sink:
 
     # -- the consumer thread ------------------------------------------------------------
     def _wait_s(self) -> float:
+        if self._batches.unfinished_tasks:  # the writer holds a batch: commit it soon after
+            return 0.02  # (wait=stored answers when the commit is seen)
+        # consume() returns early only once it has its whole count, so this is how late a
+        # quiet stream's first message starts its batch window: keep it short
         if not self.pending:
-            return 0.5
+            return IDLE_POLL_S
         due = self.first_pending_at + self.settings.sink_batch_seconds - time.monotonic()
-        return max(0.0, min(0.5, due))
+        return max(0.0, min(IDLE_POLL_S, due))
 
     def _poll(self, timeout_s: float) -> int:
         room = max(1, int((self.settings.sink_batch_rows - self.pending_rows) / self.rows_per_message))
@@ -156,15 +165,18 @@ class Sink:
 
     def write(self, batch: list[Message]) -> None:
         """Write one batch, dead-letter what cannot be stored, then commit its offsets."""
+        rows = 0
         for topic, writer in self.writers.items():
             messages = [m for m in batch if m.topic() == topic]
             if messages:
-                self._write(topic, writer, messages)
+                rows += self._write(topic, writer, messages)
+        SINK_BATCH_ROWS.observe(rows)
         self.dead_letters.confirm()
         self._written.put(_next_offsets(batch))
 
-    def _write(self, topic: str, writer: RowWriter, messages: list[Message]) -> None:
-        """Check rows (unless the gateway did), dead-letter bad ones, insert the rest."""
+    def _write(self, topic: str, writer: RowWriter, messages: list[Message]) -> int:
+        """Check rows (unless the gateway did), dead-letter bad ones, insert the rest;
+        returns the rows inserted."""
         chunks: list[bytes] = []  # a whole message's rows, or one checked row
         origin: list[Message] = []
         is_events = topic == self.settings.topic_events
@@ -176,7 +188,8 @@ class Sink:
                 elif not value:
                     raise InvalidEvent("empty message (tombstone) on the events topic")
             except InvalidEvent as exc:
-                self.dead_letters.send(message, str(exc))
+                self._dead_letter(message, str(exc),
+                                  "invalid_asset" if not is_events else "empty")
                 continue
             assert value is not None
             if is_events and not _from_gateway(message):
@@ -184,7 +197,7 @@ class Sink:
                     try:
                         decode(row)
                     except InvalidEvent as exc:
-                        self.dead_letters.send(message, str(exc), value=row)
+                        self._dead_letter(message, str(exc), "invalid_event", row)
                         continue
                     chunks.append(row)
                     origin.append(message)
@@ -193,11 +206,22 @@ class Sink:
                 origin.append(message)
 
         def reject(i: int, row: bytes, reason: str) -> None:
-            self.dead_letters.send(origin[i], reason, value=row)
+            self._dead_letter(origin[i], reason, "clickhouse_refused", row)
 
+        began = time.perf_counter()
         written = writer.write(chunks, reject)
+        if chunks:
+            SINK_INSERT_SECONDS.labels(writer.table).observe(time.perf_counter() - began)
+            SINK_ROWS.labels(writer.table).inc(written)
         if is_events:
             self.rows_written += written
+        return written
+
+    def _dead_letter(self, message: Message, reason: str, category: str,
+                     value: bytes | None = None) -> None:
+        """To the DLQ with the free-text reason; the metric gets the bounded category."""
+        self.dead_letters.send(message, reason, value=value)
+        DLQ_MESSAGES.labels(category).inc()
 
     def _commit_written(self) -> None:
         """Commit what the writer has stored (on this thread: librdkafka's commit waits on

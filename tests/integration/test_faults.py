@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from services.gateway.views import Views
@@ -29,7 +30,8 @@ from services.shared.clickhouse import Store
 from services.shared.events import message_key
 from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
-from tests.integration.conftest import Agents, event, running_sink, wait_for
+from tests.integration.conftest import Agents, count, event, running_sink, wait_for
+from tests.integration.test_supervisor import ready, sluice_up
 
 H = {"program-id": "shop"}
 USERS_PER_BATCH, EVENTS_PER_USER = 10, 2
@@ -168,3 +170,76 @@ def _users_right(views: Views, batches: list[int]) -> bool:
                 return False
             assert record.events == EVENTS_PER_USER, (n, i, record.events)
     return True
+
+
+def test_wait_stored_acks_survive_sigkill_of_the_whole_stack(tmp_path: Path) -> None:
+    """Clients post with wait=stored while `sluice up` (broker, sink, agents, gateway) is
+    SIGKILLed: every batch answered 200 is in ClickHouse, whole and once, after a restart."""
+    log = tmp_path / "up.log"
+    acked: list[int] = []
+    latencies: list[float] = []
+    numbers = itertools.count()
+    stop = threading.Event()
+
+    def client(base: str) -> None:
+        with httpx.Client(base_url=base, headers=H, timeout=30) as http:
+            while not stop.is_set():
+                n = next(numbers)
+                started = time.monotonic()
+                try:
+                    answer = http.post("/events", params={"wait": "stored"}, json=batch(n))
+                except httpx.HTTPError:
+                    continue
+                if answer.status_code == 200:
+                    acked.append(n)
+                    latencies.append(time.monotonic() - started)
+
+    with sluice_up(tmp_path / "data", log) as up:
+        threads = [threading.Thread(target=client, args=(up.base,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) >= 15, timeout_s=60)
+        up.proc.kill()  # everything: its children die with it
+        up.proc.wait()
+        stop.set()
+        for t in threads:
+            t.join(60)
+        ports = up.ports
+    assert acked, log.read_text()[-3000:]
+    latencies.sort()
+    print(f"\nwait=stored: {len(acked)} batches acked before the SIGKILL; latency p50 "
+          f"{latencies[len(latencies) // 2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    with sluice_up(tmp_path / "data", log, ports) as up:  # comes back clean on the same data
+        assert ready(up.base)
+    settings = Settings(data_dir=tmp_path / "data")
+    store = Store(settings)  # sluice up is gone: this process may open chDB now
+    try:
+        whole = USERS_PER_BATCH * EVENTS_PER_USER
+        held = _stored_batches(store, acked)
+        assert held == len(acked), f"{len(acked) - held} of {len(acked)} acked batches lost"
+        [row] = store.query("SELECT uniqExact(event_id) AS ids FROM events WHERE "
+                            f"splitByChar('-', user_id)[1] IN ({','.join(repr(f'b{n}') for n in acked)})")
+        assert row["ids"] == whole * len(acked)
+    finally:
+        store.close()
+
+
+def test_clickhouse_refusing_inserts_pauses_the_sink_and_loses_nothing(
+        settings: Settings, store: Store) -> None:
+    """ClickHouse answers pings but refuses every insert (too many parts) for a while: the
+    sink retries with backoff, sends nothing to the DLQ, and stores everything once after."""
+    settings.queue_updates_default = True
+    with running_sink(settings, store) as sink, TestClient(create_app(settings, store)) as client:
+        assert client.post("/events", headers=H, json=batch(0)).status_code == 200
+        wait_for(lambda: count(store) == 20)
+        store.command("ALTER TABLE events MODIFY SETTING parts_to_throw_insert = 1")
+        for n in range(1, 6):
+            assert client.post("/events", headers=H, json=batch(n)).status_code == 200
+        time.sleep(3)  # several insert attempts, all refused
+        assert count(store) == 20 and store.ping()
+        store.command("ALTER TABLE events RESET SETTING parts_to_throw_insert")
+        wait_for(lambda: count(store) == 120, timeout_s=30)
+    assert sink.dead_letters.sent == 0
+    assert _stored_batches(store, list(range(6))) == 6
+    [row] = store.query("SELECT count() AS n FROM events")
+    assert row["n"] == 120  # refused inserts stored nothing: no duplicate even before merges

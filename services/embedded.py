@@ -48,6 +48,7 @@ import urllib.request
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
 
 from services.gateway.app import create_app
@@ -121,6 +122,7 @@ class Supervisor:
         self.sink_thread: threading.Thread | None = None
         self.sink_failed = False
         self.server: uvicorn.Server | None = None
+        self.app: FastAPI | None = None
         self.server_thread: threading.Thread | None = None
         self.rows_written = 0
         self.stopping = threading.Event()
@@ -182,6 +184,9 @@ class Supervisor:
             console.print(f"  agents      stats http://{settings.http_host}:"
                           f"{settings.agents_web_port}/stats, log "
                           f"{settings.data_dir / 'agents.log'}")
+            agents_base = f"http://{settings.http_host}:{settings.agents_web_port}"
+            console.print(f"  metrics     {base}/metrics (gateway and sink), "
+                          f"{agents_base}/metrics (agents)")
         assert self.agents is not None
         wait_for_agents(settings, self.agents, console)
         tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
@@ -211,8 +216,9 @@ class Supervisor:
         self.sink_thread.start()
 
     def _start_gateway(self) -> None:
+        self.app = create_app(self.settings, self.store)
         server = self.server = uvicorn.Server(uvicorn.Config(
-            create_app(self.settings, self.store), host=self.settings.http_host,
+            self.app, host=self.settings.http_host,
             port=self.settings.http_port, log_level="warning", access_log=False,
         ))
         # Off the main thread uvicorn installs no signal handlers: this supervisor's stay.
@@ -233,6 +239,10 @@ class Supervisor:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
                 self.sink.stop()
+            if self.app:  # requests waiting for its acks get their 503 now, not at timeout
+                gateway = getattr(self.app.state, "gateway", None)
+                if gateway is not None:
+                    gateway.publisher.abandon("the embedded broker died")
         began = time.monotonic()
         if self.server and self.server_thread:
             self.server.should_exit = True

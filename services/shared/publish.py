@@ -159,8 +159,15 @@ class Publisher:
             return "broker unreachable"
         return None
 
+    def abandon(self, reason: str) -> None:
+        """The broker is gone for good (the embedded one died): fail what waits for its acks
+        now (503), instead of at the publish timeout, and start over with a new producer."""
+        self.producer.mark_broken(reason)
+
     def close(self, timeout_s: float = 10.0) -> None:
-        """Deliver what is queued, then stop the poll thread."""
-        self.producer.flush(timeout_s)
+        """Deliver what is queued, then stop the poll thread. A broker that is gone gets no
+        wait: its messages' requests were answered 503 already (nothing acked is dropped)."""
+        if self.producer.flush(min(timeout_s, 1.0)) and self.broker_reachable(0.5):
+            self.producer.flush(timeout_s)
         self._running = False
         self._poller.join(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -44,10 +45,37 @@ def gateway(workers: int = typer.Option(1, help="uvicorn worker processes")) -> 
     settings = _settings()
     check_auth_config(settings)
     ensure_topics(settings)  # its views follow the assets and user-state topics from the start
+    if workers > 1:
+        _multiprocess_metrics(settings)
     uvicorn.run(
         "services.gateway.main:app_from_env", factory=True, host=settings.http_host,
         port=settings.http_port, workers=workers, log_level="warning", access_log=False,
     )
+
+
+def _multiprocess_metrics(settings: Settings) -> None:
+    """N gateway workers: each writes its metrics under PROMETHEUS_MULTIPROC_DIR and the
+    one that answers /metrics sums them. Set before the workers start (prometheus-client
+    reads it on import); emptied first, since files of an earlier run would be summed too."""
+    import os
+    import shutil
+
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """/metrics of a role without an HTTP server of its own (the standalone sink)."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # the sink's work matters more than its metrics: go on, loudly
+        logging.getLogger("sluice.sink").error(
+            "metrics NOT served: cannot listen on %s:%d (SLUICE_SINK_METRICS_PORT): %s",
+            host, port, exc)
 
 
 @app.command()
@@ -62,6 +90,8 @@ def sink() -> None:
     ensure_topics(settings)
     store = Store(settings)
     worker = Sink(settings, store)
+    if settings.sink_metrics_port:
+        _serve_metrics(settings.http_host, settings.sink_metrics_port)
     tune_gc(settings.gc_young_threshold)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())

@@ -13,7 +13,10 @@ states of its users.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 import aiokafka
@@ -22,6 +25,14 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from services.shared.events import KEY_SEPARATOR
+from services.shared.lag import LAG
+from services.shared.metrics import (
+    AGENTS_EVENTS,
+    CONTENT_TYPE_LATEST,
+    STATE_FRESHNESS,
+    STATE_USERS,
+    render,
+)
 from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
@@ -49,6 +60,36 @@ def _limit_fetch_wait(max_wait_ms: int) -> None:
             return consumer
 
     faust_aiokafka.AIOKafkaConsumerThread = ConsumerThread  # type: ignore[misc]
+
+
+RECEIVED_AT = b'"received_at":"'
+
+
+def received_at(value: bytes) -> float | None:
+    """The gateway's received_at of a message (a request's bundle: every line has the same),
+    as epoch seconds; None when it has none."""
+    start = value.find(RECEIVED_AT)
+    if start < 0:
+        return None
+    start += len(RECEIVED_AT)
+    try:
+        return datetime.fromisoformat(value[start:value.index(b'"', start)].decode()).timestamp()
+    except ValueError:
+        return None
+
+
+def _observe(batch: list[Any], users: int) -> None:
+    """Metrics of a batch whose state the changelog acked: events (lines) read, each
+    message's freshness (received_at -> now), the users held. Per message, not per event."""
+    now = time.time()
+    events = 0
+    for event in batch:
+        value = event.message.value or b""
+        events += value.count(b"\n") + 1
+        if (at := received_at(value)) is not None:
+            STATE_FRESHNESS.observe(max(0.0, now - at))
+    AGENTS_EVENTS.inc(events)
+    STATE_USERS.set(users)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -127,10 +168,20 @@ def create_app(settings: Settings) -> faust.App:
                                             partitions=partitions)
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
+            _observe(batch, len(user_state.data))
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:
         # partitions: the source partitions this worker owns now (0 until it joined)
         return web.json(stats | {"partitions": len(app.assignor.assigned_actives())})
+
+    LAG.watch(settings.bootstrap, settings.agents_app_id, [settings.topic_events])
+
+    @app.page("/metrics")
+    async def get_metrics(web: Any, request: Any) -> Any:
+        # off the event loop: the group's lag is read from the broker at scrape time
+        body = await asyncio.to_thread(render)
+        # aiohttp adds the charset itself and refuses one in content_type
+        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split("; charset")[0])
 
     return app

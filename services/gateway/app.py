@@ -16,10 +16,12 @@ from fastapi.openapi.utils import get_openapi
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, retail, userflux
+from services.gateway.observe import RequestMetrics
 from services.gateway.progress import GroupProgress
-from services.gateway.routes import assets, events, health, profiles, receipts, users
+from services.gateway.routes import assets, events, health, metrics, profiles, receipts, users
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
+from services.shared.metrics import PRODUCER_QUEUE, mark_dead
 from services.shared.publish import Publisher
 from services.shared.settings import Settings
 
@@ -48,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         own_store = store is None and not settings.clickhouse_is_embedded
         gw = Gateway(
             settings=settings,
-            publisher=Publisher(settings),
+            publisher=Publisher(settings, queue_gauge=PRODUCER_QUEUE),
             store=Store(settings) if own_store else store,
             views=Views(settings).start(),
             progress=GroupProgress(settings).start(),
@@ -63,6 +65,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             gw.publisher.close()
             if own_store and gw.store is not None:
                 gw.store.close()
+            mark_dead()
 
     app = FastAPI(
         title="Sluice",
@@ -76,12 +79,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(receipts.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(personalize.router)
     app.include_router(profiles.router)
     app.include_router(retail.router)
     app.include_router(userflux.router)
     app.include_router(crowdpower.router)
     errors.install(app, settings.retry_after_s)
+    app.add_middleware(RequestMetrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -36,7 +36,8 @@ class Gateway:
         self.model_configs = ModelConfigs(self.settings)
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:
+    """async: FastAPI runs a sync dependency in AnyIO's thread pool, a hop per request."""
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 

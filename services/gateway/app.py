@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
@@ -67,7 +68,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 gw.store.close()
             mark_dead()
 
-    app = FastAPI(
+    # Swagger UI's and ReDoc's assets come from the fastapi-offline package, served under
+    # /static-offline-docs: FastAPI's own /docs loads them from a CDN (blank page offline)
+    app = FastAPIOffline(
         title="Sluice",
         version="0.1.0",
         summary="Streaming ingestion of user events: HTTP -> Kafka -> ClickHouse and user state.",

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 def producer_config(settings: Settings) -> dict[str, object]:
@@ -35,6 +36,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "message.timeout.ms": int(settings.publish_timeout_s * 1000) + 1000,
         "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
         "log.connection.close": False,  # idle broker disconnects are routine, not news
+        "logger": LIBRDKAFKA_LOG,  # through Python's logging (SLUICE_LOG_FORMAT), not raw stderr
     }
 
 
@@ -136,6 +138,7 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "enable.partition.eof": False,
         "log.connection.close": False,
+        "logger": LIBRDKAFKA_LOG,
         # Tansu answers a waiting fetch only when this wait ends, even if data came
         # (librdkafka's default: 500 ms): that is how late the sink sees a quiet stream,
         # and how late wait=stored answers at light load.

@@ -44,7 +44,7 @@ class PartitionLag:
 def offsets_reader(bootstrap: str, group: str) -> Consumer:
     """A consumer that never subscribes: it only reads ``group``'s offsets (no join)."""
     return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                     "enable.auto.commit": False,
+                     "enable.auto.commit": False, "logger": logging.getLogger("librdkafka"),
                      "client.id": f"sluice-lag-{uuid.uuid4().hex[:8]}"})
 
 

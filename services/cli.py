@@ -18,9 +18,11 @@ app = typer.Typer(help="Sluice: streaming ingestion of user events.", no_args_is
 
 
 def _settings() -> Settings:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return Settings()
+    from services.shared.logs import configure
+
+    settings = Settings()
+    configure(settings.log_format)
+    return settings
 
 
 @app.command()
@@ -41,6 +43,7 @@ def gateway(workers: int = typer.Option(1, help="uvicorn worker processes")) -> 
 
     from services.gateway.auth import check_auth_config
     from services.shared.kafka import ensure_topics
+    from services.shared.logs import log_config
 
     settings = _settings()
     check_auth_config(settings)
@@ -50,6 +53,7 @@ def gateway(workers: int = typer.Option(1, help="uvicorn worker processes")) -> 
     uvicorn.run(
         "services.gateway.main:app_from_env", factory=True, host=settings.http_host,
         port=settings.http_port, workers=workers, log_level="warning", access_log=False,
+        log_config=log_config(settings.log_format),  # in every worker too
     )
 
 

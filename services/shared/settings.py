@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     ddl_dir: Path = REPO_ROOT / "deploy" / "clickhouse"
 
     # --- Every role -------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: for people; json: one JSON object per line (every role)."
+    )
     gc_young_threshold: int = Field(
         50_000, description="Python's GC: collect the young generation every this many "
         "allocations, after freezing what exists at start (CPython's default: 700; 0 keeps "

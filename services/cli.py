@@ -156,6 +156,24 @@ def broker() -> None:
         b.stop()
 
 
+@app.command()
+def status(
+    interval: float = typer.Option(2.0, help="seconds between the two scrapes behind the rates"),
+    gateway_url: str = typer.Option(None, help="the gateway's /metrics (default: from settings)"),
+    sink_url: str = typer.Option(None, help="a standalone sink's /metrics (SLUICE_SINK_METRICS_PORT)"),
+    agents_url: str = typer.Option(None, help="an agents worker's /metrics (its web port)"),
+) -> None:
+    """Each group's lag per partition, recent rates and the DLQ count (Kafka + /metrics)."""
+    from services.status import gather, metrics_urls, print_status
+
+    settings = Settings()  # no logging set-up: this command prints a table, not logs
+    urls = metrics_urls(settings)
+    for role, url in (("gateway", gateway_url), ("sink", sink_url), ("agents", agents_url)):
+        if url:
+            urls[role] = url
+    print_status(gather(settings, urls, interval))
+
+
 keys_app = typer.Typer(help="API keys per program (in SLUICE_KEYS_FILE).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

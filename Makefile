@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration bench lint clean
+.PHONY: run test test-unit test-integration chromium bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,15 +18,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/sluice up
 
-## Install with the test extras and run every test (unit + integration on Tansu + chDB).
-test: $(STAMP)
+## Install with the test extras and run every test (unit + integration on Tansu + chDB;
+## the browser tests need Debian's chromium: installed if missing).
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) chromium
 	$(BIN)/python -m pytest tests/integration
+
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| (echo "the browser tests need 'chromium' (Debian package chromium)"; exit 1)
 
 ## Throughput and latency figures on the embedded stack (needs `hey`; installed if missing).
 bench: $(STAMP)

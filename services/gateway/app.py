@@ -12,14 +12,25 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, retail, userflux
+from services.gateway.live import Live
 from services.gateway.observe import RequestMetrics
 from services.gateway.progress import GroupProgress
-from services.gateway.routes import assets, events, health, metrics, profiles, receipts, users
+from services.gateway.routes import (
+    assets,
+    events,
+    health,
+    metrics,
+    profiles,
+    receipts,
+    ui,
+    users,
+)
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.metrics import PRODUCER_QUEUE, mark_dead
@@ -62,6 +73,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             gw.views.stop()
+            app.state.live.stop()
             gw.progress.stop()
             gw.publisher.close()
             if own_store and gw.store is not None:
@@ -83,6 +95,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.UI_DIR), name="ui")
+    app.state.live = Live(settings)
     app.include_router(personalize.router)
     app.include_router(profiles.router)
     app.include_router(retail.router)
@@ -102,8 +117,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes, tags=app.openapi_tags,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        body = dict(events.EVENT_LIST_SCHEMA)
-        components.update(body.pop("$defs", {}))
-        components["EventList"] = body
+        for name, raw in (("EventList", events.EVENT_LIST_SCHEMA),
+                          ("AssetList", assets.ASSET_LIST_SCHEMA)):
+            body = dict(raw)
+            components.update(body.pop("$defs", {}))
+            components[name] = body  # ReDoc renders nothing when one $ref is dangling
         app.openapi_schema = schema
     return app.openapi_schema

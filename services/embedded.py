@@ -187,6 +187,7 @@ class Supervisor:
             agents_base = f"http://{settings.http_host}:{settings.agents_web_port}"
             console.print(f"  metrics     {base}/metrics (gateway and sink), "
                           f"{agents_base}/metrics (agents)")
+            console.print(f"  live page   {base}/ui   (`sluice status` prints lag and rates)")
         assert self.agents is not None
         wait_for_agents(settings, self.agents, console)
         tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest

@@ -3,7 +3,9 @@
 ``group_lag()`` answers for any group (``sluice status`` uses it); ``LAG`` is the one
 collector behind ``sluice_consumer_lag{group,topic,partition}``: a role ``watch``es its own
 group while it runs, and every scrape asks the broker then (nothing is polled between
-scrapes). A partition the group never committed lags by everything it retains.
+scrapes). A partition the group never committed lags by everything it retains. Every
+replica of a role reports its whole group (the offsets are the group's): dashboards take
+``max`` over replicas, never ``sum``.
 
 Tansu's high watermark lags the log end: it reports the end of the last produced batch's
 first message (measured: 10 messages in one batch -> high watermark 1; one message per

@@ -239,11 +239,14 @@ class Supervisor:
         if broker_died:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
-                self.sink.stop()
+                self.sink.abandon()
             if self.app:  # requests waiting for its acks get their 503 now, not at timeout
                 gateway = getattr(self.app.state, "gateway", None)
-                if gateway is not None:
-                    gateway.publisher.abandon("the embedded broker died")
+                if gateway is not None:  # and those waiting for a store or a state that
+                    reason = "the embedded broker died"  # may never come: retry them
+                    gateway.publisher.abandon(reason)
+                    gateway.progress.abandon(reason)
+                    gateway.views.abandon(reason)
         began = time.monotonic()
         if self.server and self.server_thread:
             self.server.should_exit = True

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class GroupProgress:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._running = True
+        self.abandoned: str | None = None
         self._thread = threading.Thread(target=self._follow, name="group-progress", daemon=True)
 
     def start(self) -> GroupProgress:
@@ -57,6 +59,15 @@ class GroupProgress:
         self._thread.join(5)
         for consumer in self._consumers.values():
             consumer.close()
+
+    def abandon(self, reason: str) -> None:
+        """The broker died with what it held (the embedded one): what is waited for may never
+        be stored, so every waiter gets BrokerUnavailable (503: retry), never a 200 or 202."""
+        with self._lock:
+            self.abandoned = reason
+            waiters = list(self._waiters)
+        for _level, _targets, future, loop in waiters:
+            loop.call_soon_threadsafe(_fail, future, reason)
 
     def committed(self, level: str, partitions: list[int], timeout_s: float = 5.0) -> dict[int, int]:
         """partition -> the group's committed offset (-1: none yet). Blocking."""
@@ -72,6 +83,8 @@ class GroupProgress:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
+            if self.abandoned is not None:
+                raise BrokerUnavailable(self.abandoned)
             self._waiters.append((level, dict(targets), future, loop))
         self._wake.set()
         try:
@@ -120,3 +133,8 @@ class GroupProgress:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None], reason: str) -> None:
+    if not future.done():
+        future.set_exception(BrokerUnavailable(reason))

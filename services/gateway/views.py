@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from services.shared.assets import decode_asset
 from services.shared.events import InvalidEvent
+from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 from streams.model import Catalog
 from streams.records import UserRecord
@@ -43,6 +44,7 @@ class Views:
         self._waiters: dict[bytes, list[Waiter]] = {}
         self._lock = threading.Lock()
         self._running = True
+        self.abandoned: str | None = None
         self.caught_up = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="views", daemon=True)
 
@@ -88,6 +90,8 @@ class Views:
         loop = asyncio.get_running_loop()
         futures = []
         with self._lock:
+            if self.abandoned is not None:
+                raise BrokerUnavailable(self.abandoned)
             for key, (partition, offset) in targets.items():
                 record = self.users.get(key)
                 if record is not None and record.applied(partition, offset):
@@ -97,7 +101,12 @@ class Views:
                 futures.append(future)
         if not futures:
             return True
-        _, pending = await asyncio.wait(futures, timeout=timeout_s)
+        done, pending = await asyncio.wait(futures, timeout=timeout_s)
+        for future in done:
+            if not future.cancelled() and (error := future.exception()) is not None:
+                for other in pending:
+                    other.cancel()
+                raise error
         if pending:
             for future in pending:
                 future.cancel()
@@ -109,6 +118,15 @@ class Views:
                     else:
                         self._waiters.pop(key, None)
         return not pending
+
+    def abandon(self, reason: str) -> None:
+        """The broker died with what it held (the embedded one): the records waited for may
+        never come, so every waiter gets BrokerUnavailable (503: retry), never a 200."""
+        with self._lock:
+            self.abandoned = reason
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for _partition, _offset, future, loop in waiters:
+            loop.call_soon_threadsafe(_fail, future, reason)
 
     def _apply_user(self, key: bytes, record: UserRecord) -> None:
         with self._lock:
@@ -205,3 +223,8 @@ class Views:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None], reason: str) -> None:
+    if not future.done():
+        future.set_exception(BrokerUnavailable(reason))

@@ -71,6 +71,7 @@ class Publisher:
         # the configured count until the poll thread read the topic's (it does so at once)
         self._partition_count = settings.events_partitions
         self._running = True
+        self.abandoned: str | None = None
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
@@ -94,6 +95,8 @@ class Publisher:
         """Produce (key, value) pairs, to the given partitions or by key; return when all are
         acked, else raise BrokerUnavailable. Returns where each message landed, in order:
         (partition, offset)."""
+        if self.abandoned is not None:
+            raise BrokerUnavailable(self.abandoned)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.settings.publish_timeout_s
         ack = _BatchAck(len(messages), loop, self.producer.check)
@@ -149,6 +152,8 @@ class Publisher:
 
     def problem(self) -> str | None:
         """Why this process cannot take events now, or None (blocking: a metadata round trip)."""
+        if self.abandoned is not None:
+            return self.abandoned
         if self.producer.broken is not None:
             return f"producer broken, being replaced: {self.producer.broken}"
         queued = len(self.producer)
@@ -162,6 +167,7 @@ class Publisher:
     def abandon(self, reason: str) -> None:
         """The broker is gone for good (the embedded one died): fail what waits for its acks
         now (503), instead of at the publish timeout, and start over with a new producer."""
+        self.abandoned = reason  # and what comes after, until this generation is closed
         self.producer.mark_broken(reason)
 
     def close(self, timeout_s: float = 10.0) -> None:

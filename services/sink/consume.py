@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from services.shared.assets import decode_asset
 from services.shared.clickhouse import Store
@@ -47,7 +47,8 @@ class Sink:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.consumer = Consumer(
-            consumer_config(settings, settings.sink_group) | {"max.poll.interval.ms": 600_000}
+            consumer_config(settings, settings.sink_group)
+            | {"max.poll.interval.ms": 600_000, "on_commit": self._committed}
         )
         self.dead_letters = DeadLetters(settings)
         self.writers = {
@@ -64,6 +65,7 @@ class Sink:
         self._written: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_batches, name="sink-writer")
         self._writer_error: BaseException | None = None
+        self.abandoned = False
 
     # -- lifecycle ----------------------------------------------------------------------
     def run(self) -> None:
@@ -76,16 +78,28 @@ class Sink:
                 self._check_writer()
                 self._poll(self._wait_s())
                 self._commit_written()
-            self._drain()
+            if self.abandoned:  # store what was fetched: those events are acked, and safe
+                self.flush(wait=True)  # once in ClickHouse; there is nowhere to commit
+            else:
+                self._drain()
         finally:
             self._batches.put(None)
             self._writer.join()
-            self.consumer.close()
-            self.dead_letters.close()
+            if self.abandoned:  # close() waits out the dead coordinator (~6 s): not here
+                threading.Thread(target=self.consumer.close, name="sink-close", daemon=True).start()
+            else:
+                self.consumer.close()
+            self.dead_letters.close(0.0 if self.abandoned else 10.0)
             LAG.unwatch(lag)
         self._check_writer()
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def abandon(self) -> None:
+        """The broker died with its offsets (the embedded one): write what was fetched,
+        commit nothing, and do not wait on the dead broker to stop."""
+        self.abandoned = True
         self._stop.set()
 
     # -- the consumer thread ------------------------------------------------------------
@@ -131,6 +145,11 @@ class Sink:
         # Write and commit what we hold before the partitions move to another sink.
         self.flush(wait=True)
 
+    @staticmethod
+    def _committed(err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        if err is not None:  # the next commit covers it; a replay would collapse anyway
+            log.warning("commit failed; the next one covers it: %s", err)
+
     def flush(self, wait: bool = False) -> None:
         """Hand the pending batch to the writer (waits while it still writes the last one);
         ``wait``: also wait until it is written and committed."""
@@ -141,7 +160,7 @@ class Sink:
         if wait:
             self._batches.join()
             self._check_writer()
-            self._commit_written()
+            self._commit_written(wait=True)
 
     def _check_writer(self) -> None:
         if self._writer_error is not None:
@@ -223,17 +242,23 @@ class Sink:
         self.dead_letters.send(message, reason, value=value)
         DLQ_MESSAGES.labels(category).inc()
 
-    def _commit_written(self) -> None:
+    def _commit_written(self, wait: bool = False) -> None:
         """Commit what the writer has stored (on this thread: librdkafka's commit waits on
-        the consumer's own queue, which a commit from another thread would block on)."""
+        the consumer's own queue, which a commit from another thread would block on).
+        Asynchronous while consuming, so a broker that dies mid-commit cannot hang the sink
+        (a synchronous commit to a dead coordinator never returned); ``wait`` (drain,
+        revoke) waits for it."""
         latest: dict[tuple[str, int], TopicPartition] = {}
         while not self._written.empty():
             for tp in self._written.get():
                 latest[(tp.topic, tp.partition)] = tp
-        if not latest:
+        if not latest or self.abandoned:
             return
         try:
-            self.consumer.commit(offsets=list(latest.values()), asynchronous=False)
+            if wait:
+                self.consumer.commit(offsets=list(latest.values()), asynchronous=False)
+            else:
+                self.consumer.commit(offsets=list(latest.values()), asynchronous=True)
         except KafkaException as exc:
             # Lost the partitions meanwhile: their new owner replays; the table dedupes.
             log.warning("commit failed, batch will be replayed by the partitions' owner: %s", exc)

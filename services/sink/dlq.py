@@ -84,5 +84,5 @@ class DeadLetters:
             self._produce(letter)
         raise DeadLetterError(f"the DLQ topic did not acknowledge {len(failed)} letters")
 
-    def close(self) -> None:
-        self.producer.flush(10)
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.producer.flush(timeout_s)

@@ -56,6 +56,7 @@ from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
+from services.shared.logs import log_config
 from services.shared.processes import port_taken, tied_to_this_process, who_listens
 from services.shared.settings import Settings
 from services.sink.consume import Sink
@@ -68,7 +69,9 @@ STOP_WAIT_S = 60.0  # for the gateway's and the sink's threads, each
 
 
 def run_embedded(settings: Settings) -> None:
-    console = Console(stderr=True)
+    # SLUICE_LOG_FORMAT=json: stderr carries JSON lines only; what the console says for
+    # people (banner, progress bar) is logged instead
+    console = Console(stderr=True, quiet=settings.log_format == "json")
     if taken := ports_taken(settings):
         for line in taken:
             console.print(f"[red]sluice up: {line}[/]")
@@ -148,6 +151,8 @@ class Supervisor:
             try:
                 self._stop_generation()
                 self.console.print(f"stopped; the sink wrote {self.rows_written} rows this run")
+                if self.console.quiet:  # JSON logs: say it there
+                    log.info("stopped; the sink wrote %d rows this run", self.rows_written)
                 if self.store:
                     self.store.close()
             finally:
@@ -167,8 +172,11 @@ class Supervisor:
         if self.store is None:
             self.store = Store(settings)
         # The broker starts empty: bring back what ClickHouse holds before going live.
-        rebuilt = rebuild_state(settings, self.store, show_progress=True)
-        if rebuilt.events or rebuilt.assets:
+        rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
+        if (rebuilt.events or rebuilt.assets) and console.quiet:
+            log.info("restored %d users (%d events) and %d assets from ClickHouse",
+                     rebuilt.users, rebuilt.events, rebuilt.assets)
+        elif rebuilt.events or rebuilt.assets:
             console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
                           f"{rebuilt.assets} assets from ClickHouse")
         self._start_agents()
@@ -188,6 +196,9 @@ class Supervisor:
             console.print(f"  metrics     {base}/metrics (gateway and sink), "
                           f"{agents_base}/metrics (agents)")
             console.print(f"  live page   {base}/ui   (`sluice status` prints lag and rates)")
+            if console.quiet:
+                log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
+                         "%s/ui", base, base, agents_base, base)
         assert self.agents is not None
         wait_for_agents(settings, self.agents, console)
         tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
@@ -221,6 +232,7 @@ class Supervisor:
         server = self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=self.settings.http_host,
             port=self.settings.http_port, log_level="warning", access_log=False,
+            log_config=log_config(self.settings.log_format),
         ))
         # Off the main thread uvicorn installs no signal handlers: this supervisor's stay.
         self.server_thread = threading.Thread(target=server.run, name="gateway")

@@ -22,7 +22,7 @@ from rich.progress import Progress
 from services.shared.assets import asset_key, encode_asset, iso_utc
 from services.shared.clickhouse import Store
 from services.shared.events import message_key, partition_for
-from services.shared.kafka import produce_waiting, producer_config
+from services.shared.kafka import LIBRDKAFKA_LOG, produce_waiting, producer_config
 from services.shared.settings import Settings
 from streams.config import ModelConfigs
 from streams.model import apply_event
@@ -115,7 +115,8 @@ def running_agents(settings: Settings) -> int:
 
 def _agents_positions(settings: Settings) -> dict[int, int]:
     """The agents' committed offset per events partition (none: an empty dict)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.agents_app_id})
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap,
+                         "group.id": settings.agents_app_id, "logger": LIBRDKAFKA_LOG})
     try:
         wanted = [TopicPartition(settings.topic_events, p) for p in range(settings.events_partitions)]
         committed = consumer.committed(wanted, timeout=10)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import uuid
 from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.shared.lag import offsets_reader
 from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 
@@ -100,12 +100,8 @@ class GroupProgress:
         with self._lock:
             consumer = self._consumers.get(level)
             if consumer is None:  # never subscribes: it only reads the group's offsets
-                consumer = self._consumers[level] = Consumer({
-                    "bootstrap.servers": self.settings.bootstrap,
-                    "group.id": self.groups[level],
-                    "enable.auto.commit": False,
-                    "client.id": f"sluice-progress-{uuid.uuid4().hex[:8]}",
-                })
+                consumer = self._consumers[level] = offsets_reader(
+                    self.settings.bootstrap, self.groups[level])
             return consumer
 
     def _follow(self) -> None:

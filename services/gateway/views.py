@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from services.shared.assets import decode_asset
 from services.shared.events import InvalidEvent
+from services.shared.kafka import LIBRDKAFKA_LOG
 from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 from streams.model import Catalog
@@ -154,6 +155,7 @@ class Views:
             "group.id": f"sluice-view-{uuid.uuid4().hex}",  # never joins or commits
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 20,  # waiters are woken by what arrives: keep it snappy
+            "logger": LIBRDKAFKA_LOG,
         })
         try:
             assigned = list(self._partitions(consumer, topics))

@@ -148,7 +148,9 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the pipeline's topics if missing; waits for the broker to answer."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin_config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap,
+                                    "logger": LIBRDKAFKA_LOG}
+    admin = AdminClient(admin_config)
     compacted = {"cleanup.policy": "compact"}
     wanted: dict[str, tuple[int, dict[str, str]]] = {
         settings.topic_events: (settings.events_partitions, {}),

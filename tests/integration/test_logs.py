@@ -75,3 +75,32 @@ def test_every_role_logs_one_json_object_per_line(settings: Settings, tmp_path: 
     agent_lines = records(tmp_path / "agents.log")
     assert len(agent_lines) >= 10
     assert any(str(r["logger"]).startswith("faust") for r in agent_lines)
+
+
+def test_sluice_up_logs_json_only(tmp_path: Path) -> None:
+    """The all-in-one too: its banner and progress bar become log records, uvicorn's and
+    librdkafka's lines go through the same formatter."""
+    import httpx
+
+    from tests.integration.test_supervisor import PORTS, ready, up_env
+
+    ports = {name: free_port() for name in PORTS}
+    log = tmp_path / "up.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"],
+                                env=up_env(tmp_path / "data", ports) | {"SLUICE_LOG_FORMAT": "json"},
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{ports['SLUICE_HTTP_PORT']}"
+    try:
+        wait_for(lambda: ready(base) or proc.poll() is not None, timeout_s=120)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        posted = httpx.post(f"{base}/events?wait=stored", headers={"program-id": "p"}, timeout=30,
+                            json={"events": [{"user_id": "u", "event_timestamp": "2026-11-20T10:00:00Z",
+                                              "event_type": "view", "asset_id": "a", "labels": []}]})
+        assert posted.status_code == 200, posted.text
+    finally:
+        proc.terminate()
+        assert proc.wait(90) == 0
+    messages = [str(r["message"]) for r in records(log)]
+    assert any(m.startswith("sluice up: gateway " + base) for m in messages), messages
+    assert "stopped; the sink wrote 1 rows this run" in messages

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.gateway.futures import fail_unavailable, resolve
 from services.shared.lag import offsets_reader
 from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
@@ -67,7 +68,7 @@ class GroupProgress:
             self.abandoned = reason
             waiters = list(self._waiters)
         for _level, _targets, future, loop in waiters:
-            loop.call_soon_threadsafe(_fail, future, reason)
+            loop.call_soon_threadsafe(fail_unavailable, future, reason)
 
     def committed(self, level: str, partitions: list[int], timeout_s: float = 5.0) -> dict[int, int]:
         """partition -> the group's committed offset (-1: none yet). Blocking."""
@@ -121,16 +122,6 @@ class GroupProgress:
                     continue
                 for waiter_level, targets, future, loop in waiters:
                     if waiter_level == level and reached(committed, targets):
-                        loop.call_soon_threadsafe(_resolve, future)
+                        loop.call_soon_threadsafe(resolve, future)
             self._wake.wait(self.POLL_S)
             self._wake.clear()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _fail(future: asyncio.Future[None], reason: str) -> None:
-    if not future.done():
-        future.set_exception(BrokerUnavailable(reason))

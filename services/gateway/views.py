@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from services.gateway.futures import fail_unavailable, resolve
 from services.shared.assets import decode_asset
 from services.shared.events import InvalidEvent
 from services.shared.kafka import LIBRDKAFKA_LOG
@@ -127,7 +128,7 @@ class Views:
             self.abandoned = reason
             waiters = [w for ws in self._waiters.values() for w in ws]
         for _partition, _offset, future, loop in waiters:
-            loop.call_soon_threadsafe(_fail, future, reason)
+            loop.call_soon_threadsafe(fail_unavailable, future, reason)
 
     def _apply_user(self, key: bytes, record: UserRecord) -> None:
         with self._lock:
@@ -139,7 +140,7 @@ class Views:
             for waiter in waiters:
                 partition, offset, future, loop = waiter
                 if record.applied(partition, offset):
-                    loop.call_soon_threadsafe(_resolve, future)
+                    loop.call_soon_threadsafe(resolve, future)
                 elif not future.cancelled():
                     still.append(waiter)
             if still:
@@ -220,13 +221,3 @@ class Views:
                 self._apply_user(key, UserRecord.decode(value))
         except (InvalidEvent, KeyError, ValueError, TypeError) as exc:
             log.warning("views: skipping a bad record on %s: %s", topic, exc)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _fail(future: asyncio.Future[None], reason: str) -> None:
-    if not future.done():
-        future.set_exception(BrokerUnavailable(reason))

@@ -80,27 +80,52 @@ def batch(n: int) -> dict[str, list[dict[str, object]]]:
                        for i in range(USERS_PER_BATCH) for j in range(EVENTS_PER_USER)]}
 
 
+class Load:
+    """Clients posting numbered batches (see ``batch``) until stopped; every answer kept
+    as (batch, status, sent, answered), status 0 for no answer."""
+
+    def __init__(self, base: str, clients: int, params: dict[str, str] | None = None) -> None:
+        self.base, self.params = base, params or {}
+        self.answers: list[tuple[int, int, float, float]] = []
+        self._numbers = itertools.count()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[tuple[int, int, float, float]]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self.answers
+
+    def acked(self) -> list[int]:
+        return sorted(n for n, status, _, _ in self.answers if status == 200)
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.base, headers=H, timeout=30) as http:
+            while not self._stop.is_set():
+                n = next(self._numbers)
+                sent = time.monotonic()
+                try:
+                    status = http.post("/events", params=self.params, json=batch(n)).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.answers.append((n, status, sent, time.monotonic()))
+                time.sleep(0.02)
+
+
 def test_broker_frozen_12s_under_load_heals_by_itself(
         settings: Settings, own_broker: EmbeddedBroker, tmp_path: Path) -> None:
     settings.queue_updates_default = True
     settings.publish_timeout_s = 3.0
     store = Store(settings)
     agents = Agents(settings, tmp_path)
-    answers: list[tuple[int, int, float]] = []  # (batch, status, when)
     readiness: list[tuple[float, int]] = []
-    numbers = itertools.count()
     stop = threading.Event()
-
-    def client(base: str) -> None:
-        with httpx.Client(base_url=base, headers=H, timeout=30) as http:
-            while not stop.is_set():
-                n = next(numbers)
-                try:
-                    status = http.post("/events", json=batch(n)).status_code
-                except httpx.HTTPError:
-                    status = 0
-                answers.append((n, status, time.monotonic()))
-                time.sleep(0.02)
 
     def probe(base: str) -> None:
         while not stop.is_set():
@@ -110,10 +135,9 @@ def test_broker_frozen_12s_under_load_heals_by_itself(
     try:
         agents.start()
         with running_sink(settings, store), serving(settings, store) as (base, app):
-            threads = [threading.Thread(target=client, args=(base,)) for _ in range(3)]
-            threads.append(threading.Thread(target=probe, args=(base,)))
-            for t in threads:
-                t.start()
+            load = Load(base, clients=3).start()
+            prober = threading.Thread(target=probe, args=(base,))
+            prober.start()
             time.sleep(3)
             assert own_broker.process is not None
             os.kill(own_broker.process.pid, signal.SIGSTOP)
@@ -123,9 +147,9 @@ def test_broker_frozen_12s_under_load_heals_by_itself(
             resumed_at = time.monotonic()
             time.sleep(10)
             stop.set()
-            for t in threads:
-                t.join(60)
-            ok = sorted(n for n, status, _ in answers if status == 200)
+            prober.join(60)
+            answers = load.stop()
+            ok = load.acked()
             # every batch answered 200 is stored whole, exactly once
             wait_for(lambda: _stored_batches(store, ok) == len(ok), timeout_s=60)
             # and every one of its users' state counts its events once
@@ -134,11 +158,11 @@ def test_broker_frozen_12s_under_load_heals_by_itself(
     finally:
         agents.stop_all()
         store.close()
-    statuses = {status for _, status, _ in answers}
+    statuses = {status for _, status, _, _ in answers}
     assert statuses <= {200, 503}, statuses
-    before = [n for n, status, t in answers if t < frozen_at and status == 200]
-    during = [status for _, status, t in answers if frozen_at + 4 < t < resumed_at]
-    first_ok_after = min(t for _, status, t in answers if status == 200 and t > resumed_at)
+    before = [n for n, status, _, t in answers if t < frozen_at and status == 200]
+    during = [status for _, status, _, t in answers if frozen_at + 4 < t < resumed_at]
+    first_ok_after = min(t for _, status, _, t in answers if status == 200 and t > resumed_at)
     print(f"\n{len(ok)} batches acked, {len(answers) - len(ok)} refused; first 200 "
           f"{first_ok_after - resumed_at:.2f}s after the broker resumed")
     assert before and 503 in during and 200 not in during
@@ -146,7 +170,7 @@ def test_broker_frozen_12s_under_load_heals_by_itself(
     assert any(status == 503 for t, status in readiness if frozen_at + 2 < t < resumed_at)
     assert any(status == 200 for t, status in readiness if t > resumed_at + 5)
     # the last seconds are 200s only: it healed, and stays healed
-    assert all(status == 200 for _, status, t in answers if t > resumed_at + 5)
+    assert all(status == 200 for _, status, _, t in answers if t > resumed_at + 5)
 
 
 def _stored_batches(store: Store, batches: list[int]) -> int:
@@ -176,37 +200,16 @@ def test_wait_stored_acks_survive_sigkill_of_the_whole_stack(tmp_path: Path) -> 
     """Clients post with wait=stored while `sluice up` (broker, sink, agents, gateway) is
     SIGKILLed: every batch answered 200 is in ClickHouse, whole and once, after a restart."""
     log = tmp_path / "up.log"
-    acked: list[int] = []
-    latencies: list[float] = []
-    numbers = itertools.count()
-    stop = threading.Event()
-
-    def client(base: str) -> None:
-        with httpx.Client(base_url=base, headers=H, timeout=30) as http:
-            while not stop.is_set():
-                n = next(numbers)
-                started = time.monotonic()
-                try:
-                    answer = http.post("/events", params={"wait": "stored"}, json=batch(n))
-                except httpx.HTTPError:
-                    continue
-                if answer.status_code == 200:
-                    acked.append(n)
-                    latencies.append(time.monotonic() - started)
-
     with sluice_up(tmp_path / "data", log) as up:
-        threads = [threading.Thread(target=client, args=(up.base,)) for _ in range(3)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: len(acked) >= 15, timeout_s=60)
+        load = Load(up.base, clients=3, params={"wait": "stored"}).start()
+        wait_for(lambda: len(load.acked()) >= 15, timeout_s=60)
         up.proc.kill()  # everything: its children die with it
         up.proc.wait()
-        stop.set()
-        for t in threads:
-            t.join(60)
+        load.stop()
         ports = up.ports
+    acked = load.acked()
     assert acked, log.read_text()[-3000:]
-    latencies.sort()
+    latencies = sorted(done - sent for _, status, sent, done in load.answers if status == 200)
     print(f"\nwait=stored: {len(acked)} batches acked before the SIGKILL; latency p50 "
           f"{latencies[len(latencies) // 2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
     with sluice_up(tmp_path / "data", log, ports) as up:  # comes back clean on the same data

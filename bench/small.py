@@ -1,0 +1,148 @@
+"""Section 9, small requests, as SDKs send them: 1 and 10 events per POST from 50
+connections, each against the HTTP floor measured in the same run (a bare ASGI app on
+the same server: ``bench.floor``). ``python -m bench.small`` runs it alone.
+
+Targets (issue 13): 1-event requests at >= 0.3 of the floor; 10-event requests
+>= 30,000 events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from bench.gateway import GatewayProcess, HeyResult, hey
+from bench.payload import api_body
+from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, stop_process
+from services.shared.broker import free_port
+from services.shared.kafka import ensure_topics
+from services.shared.settings import Settings
+
+CLIENTS = 50
+FLOOR_SHARE_TARGET = 0.3
+TEN_EVENTS_TARGET = 30_000
+
+
+@dataclass
+class SmallResult:
+    name: str
+    events_per_request: int
+    hey: HeyResult
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events_per_request * self.hey.ok / self.hey.seconds if self.hey.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "events_per_request": self.events_per_request,
+                "events_per_s": round(self.events_per_s)} | self.hey.as_dict()
+
+
+def serve_floor(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    with open(workdir / "floor.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.floor:app", "--port", str(port),
+             "--log-level", "warning", "--no-access-log"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/", data=b"{}", method="POST"), timeout=1).close()
+            return proc
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    stop_process(proc, 5)
+    raise RuntimeError("the floor app did not answer")
+
+
+def run_small(bootstrap: str, workdir: Path, seconds: int) -> list[SmallResult]:
+    """The floor, then the gateway (answering at the broker's ack) with 1 and 10 events."""
+    workdir = workdir / "small"
+    workdir.mkdir(exist_ok=True)
+    results = []
+    port = free_port()
+    floor = serve_floor(port, workdir)
+    one = workdir / "one.json"
+    one.write_bytes(api_body(seed=3, n=1))
+    try:
+        hey(f"http://127.0.0.1:{port}", one, 2, CLIENTS, path="/")
+        results.append(SmallResult("bare ASGI app (floor)", 1,
+                                   hey(f"http://127.0.0.1:{port}", one, seconds, CLIENTS, path="/")))
+    finally:
+        stop_process(floor, 5)
+    settings = Settings(kafka_bootstrap=bootstrap)
+    ensure_topics(settings)
+    gw = GatewayProcess(bootstrap, settings.topic_events, free_port(), workdir)
+    try:
+        gw.wait_ready()
+        for n in (1, 10):
+            body = workdir / f"body-{n}.json"
+            body.write_bytes(api_body(seed=4 + n, n=n))
+            hey(gw.url, body, 2, CLIENTS)
+            results.append(SmallResult(f"POST /events, {n} event{'s' * (n > 1)}", n,
+                                       hey(gw.url, body, seconds, CLIENTS)))
+    finally:
+        gw.stop()
+    return results
+
+
+def small_table(results: list[SmallResult], seconds: int, note: str = "") -> Table:
+    floor = results[0].hey.requests_per_s if results else 0.0
+    t = Table(title=f"9  Small requests (hey -c {CLIENTS}, {seconds} s each, 1 gateway worker, "
+              "queue_updates=true)",
+              caption=f"x floor = requests/s over the bare ASGI app's in the same run; targets: "
+              f"1 event >= {FLOOR_SHARE_TARGET} x floor, 10 events >= {TEN_EVENTS_TARGET:,} "
+              "events/s." + (" " + note if note else ""))
+    for name in ("load", "req/s", "events/s", "x floor", "p50 / p99 ms", "not ok", "target"):
+        t.add_column(name, justify="left" if name == "load" else "right")
+    for r in results:
+        verdict = ""
+        if r.events_per_request == 1 and r is not results[0]:
+            verdict = "PASS" if r.hey.requests_per_s >= FLOOR_SHARE_TARGET * floor else "miss"
+        elif r.events_per_request == 10:
+            verdict = "PASS" if r.events_per_s >= TEN_EVENTS_TARGET else "miss"
+        t.add_row(r.name, f"{r.hey.requests_per_s:,.0f}", f"{r.events_per_s:,.0f}",
+                  f"{r.hey.requests_per_s / floor:.2f}" if floor else "",
+                  f"{r.hey.p50_ms:.1f} / {r.hey.p99_ms:.1f}", str(r.hey.not_ok), verdict)
+    return t
+
+
+def run_alone(seconds: int) -> dict[str, Any]:
+    from bench.run import OUT, log, tansu, wide_console
+
+    cpu_before = cpu_seconds_by_pid()
+    peaks: dict[str, float] = {}
+    with (tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
+          tansu(Path(tmp), "small", peaks) as boot):
+        log.log(f"9. small requests: floor, then 1 and 10 events, hey -c {CLIENTS}")
+        results = run_small(boot, Path(tmp), seconds)
+    foreign = foreign_cpu_s(cpu_before)
+    note = (f"Other processes used {foreign:.0f} CPU-s meanwhile: figures are contended."
+            if foreign >= 1 else "")
+    wide_console().print(small_table(results, seconds, note))
+    out = {"seconds": seconds, "foreign_cpu_s": foreign, "runs": [r.as_dict() for r in results]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "small.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=int, default=10, help="length of each load")
+    return run_alone(ap.parse_args(argv).seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -79,6 +79,11 @@ def run_embedded(settings: Settings) -> None:
                       "choose another port[/]")
         raise SystemExit(1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.clickhouse_is_embedded:
+        # Load chDB's engine before a signal can unwind the start: a SIGTERM that landed
+        # inside its import (it takes a second) left chdb half-imported and the stop failed
+        # with "chdb-core engine not found" instead of exiting 0.
+        import chdb  # noqa: F401
     code = Supervisor(settings, console).run()
     if code:
         raise SystemExit(code)

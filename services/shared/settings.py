@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         900_000, description="A request's events for one partition are split into messages of "
         "at most this many bytes (Kafka's default message.max.bytes is about 1 MB)."
     )
+    dialect_state_wait_programs: list[str] = Field(
+        default_factory=list, description="Programs (\"*\": all) whose UserFlux, CrowdPower "
+        "and retail posts answer once user state includes them. Their vendors promise only "
+        "that the events were taken, so by default they answer at the broker's ack, as "
+        "Personalize does; ActionHub has its own queue_updates and wait."
+    )
     keys_file: Path | None = Field(
         None, description="API keys (JSON, mode 0600; `sluice keys create`). Unset: no auth."
     )
@@ -131,6 +137,11 @@ class Settings(BaseSettings):
         "before answering 202 with a receipt (GET /receipts/{receipt})."
     )
     popularity_ttl_s: float = Field(2.0, description="How long program popularity is cached.")
+
+    def dialect_waits_for_state(self, program_id: str) -> bool:
+        """Whether a vendor dialect's post for ``program_id`` waits for user state."""
+        programs = self.dialect_state_wait_programs
+        return "*" in programs or program_id in programs
 
     @property
     def topic_user_state(self) -> str:

@@ -162,6 +162,7 @@ def broker_down(gateway: TestClient, monkeypatch: pytest.MonkeyPatch) -> TestCli
 def state_late(settings: Settings) -> Settings:
     """POSTs wait for user state (queue_updates=false), but no agents run: they time out."""
     settings.queue_updates_default = False
+    settings.dialect_state_wait_programs = ["*"]  # the vendor dialects too (else: broker ack)
     settings.update_timeout_s = 0.5
     return settings
 

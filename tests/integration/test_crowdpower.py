@@ -168,7 +168,8 @@ def test_update_session_drives_the_session_shown_for_the_user(
     pipeline: TestClient, agents: Agents
 ) -> None:
     agents.start()
-    # queue_updates=false (the default here): answered once user state includes the events
+    pipeline.app.state.gateway.settings.dialect_state_wait_programs = ["crowd"]
+    # this program asks to wait: answered once user state includes the events
     bulk = {"user_id": "cust-9", "events": [
         {"action": "open", "created_at": T},
         {"action": "click", "created_at": T + 60},

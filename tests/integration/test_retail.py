@@ -228,7 +228,8 @@ def test_a_sale_drives_the_same_label_weights_as_an_actionhub_purchase(
     agents.start()
     assets = {"assets": [{"asset_id": "N30122", "labels": ["red", "shoe"]}]}
     assert pipeline.put("/assets", json=assets, headers=H).status_code == 200
-    # queue_updates=false (the default here): each answer comes once user state has it
+    pipeline.app.state.gateway.settings.dialect_state_wait_programs = ["*"]
+    # every program asks to wait: each answer comes once user state has it
     sale = pipeline.post(URL, json=SALE | {"customerCode": "retail-user"}, headers=H)
     assert sale.status_code == 200, sale.text
     purchase = event("hub-user", "N30122", event_type="purchase", labels=[],

@@ -169,7 +169,8 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
     now = datetime.now(UTC)
     user_id, email = parsed.get("user_id"), parsed.get("email")
     events = [canonical(user_id, email, e, now) for e in parsed.get("events", [parsed])]
-    await ingest(gateway, program_id, events, queue_updates=gateway.settings.queue_updates_default,
+    await ingest(gateway, program_id, events,
+                 queue_updates=not gateway.settings.dialect_waits_for_state(program_id),
                  process_user_actions=True, source=SOURCE)
     return Response(_OK, media_type="application/json")
 

@@ -203,7 +203,7 @@ async def post_events(request: Request, gateway: GatewayDep, program_id: WritePr
     events = parse(await read_json_body(request, gateway.settings.max_body_bytes))
     now = datetime.now(UTC)
     await ingest(gateway, program_id, [canonical(e, now) for e in events],
-                 queue_updates=gateway.settings.queue_updates_default,
+                 queue_updates=not gateway.settings.dialect_waits_for_state(program_id),
                  process_user_actions=True, source=SOURCE)
     return Response(orjson.dumps({"status": "ok", "accepted": len(events)}),
                     media_type="application/json")

@@ -160,7 +160,7 @@ async def _accept(request: Request, gateway: GatewayDep, program_id: str,
     events = parse(BATCH, body, ["events"]) if batch else parse(ONE, body, [])
     now = datetime.now(UTC)
     await ingest(gateway, program_id, [canonical(e, now, location) for e in events],
-                 queue_updates=gateway.settings.queue_updates_default,
+                 queue_updates=not gateway.settings.dialect_waits_for_state(program_id),
                  process_user_actions=True, source=SOURCE)
     return Response(status_code=204)
 

@@ -68,18 +68,14 @@ class HealingProducer:
 
     def __init__(self, config: dict[str, object], name: str) -> None:
         self.name = name
-        self._config = config | {"error_cb": self._on_error}
+        self._config = config | {"error_cb": self.check}
         self.producer = Producer(self._config)
         self.broken: str | None = None  # why, until it is replaced
-        self.replacements = 0
         self._retired: list[Producer] = []
 
-    def _on_error(self, err: KafkaError) -> None:
-        if breaks_producer(err):
-            self.mark_broken(err.str())
-
     def check(self, err: KafkaError | None) -> None:
-        """Call from delivery callbacks: a breaking error marks this producer broken."""
+        """The error callback, and call it from delivery callbacks: a breaking error marks
+        this producer broken."""
         if err is not None and breaks_producer(err):
             self.mark_broken(err.str())
 
@@ -105,7 +101,6 @@ class HealingProducer:
     def heal(self) -> None:
         reason, self.broken = self.broken, None
         old, self.producer = self.producer, Producer(self._config)
-        self.replacements += 1
         log.warning("%s: replaced the Kafka producer after: %s", self.name, reason)
         old.purge()  # what it still holds fails now (its requests answer 503)
         old.poll(0)

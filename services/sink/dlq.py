@@ -31,8 +31,7 @@ class DeadLetters:
         self.producer = HealingProducer(producer_config(settings), name="sink DLQ")
         self.max_backoff_s = settings.sink_retry_max_backoff_s
         self.sent = 0
-        self._unconfirmed: list[Letter] = []
-        self._failed: list[Letter] = []
+        self._failed: list[Letter] = []  # refused by the broker: to send again
 
     def send(self, message: Message, reason: str, value: bytes | None = None) -> None:
         """Dead-letter ``value`` (default: the whole message; else the one bad line of it)."""
@@ -42,7 +41,6 @@ class DeadLetters:
             "source_partition": str(message.partition()).encode(),
             "source_offset": str(message.offset()).encode(),
         })
-        self._unconfirmed.append(letter)
         self._produce(letter)
         self.sent += 1
 
@@ -59,18 +57,17 @@ class DeadLetters:
     def confirm(self, timeout_s: float = 30.0) -> None:
         """Block until every dead letter is acked by the broker, resending what it refused
         (with backoff) until it takes them all."""
-        if not self._unconfirmed:
-            return
+        if len(self.producer) == 0 and not self._failed:
+            return  # nothing sent since the last confirm, or all of it acked already
         retrying = Retrying(
             retry=retry_if_exception_type(DeadLetterError),
             wait=wait_exponential(multiplier=0.1, max=self.max_backoff_s),
             before_sleep=lambda state: log.warning(
-                "the DLQ did not take %d letters (attempt %d); sending them again",
-                len(self._failed), state.attempt_number),
+                "%s (attempt %d); sending them again",
+                state.outcome.exception() if state.outcome else "", state.attempt_number),
             reraise=True,
         )
         retrying(self._confirm_once, timeout_s)
-        self._unconfirmed = []
 
     def _confirm_once(self, timeout_s: float) -> None:
         left = self.producer.flush(timeout_s)

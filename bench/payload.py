@@ -18,8 +18,8 @@ import orjson
 
 from services.gateway.ingest import ingest
 from services.gateway.validate import parse_event_list
+from services.shared.ranking import Catalog
 from services.shared.settings import Settings
-from streams.model import Catalog
 
 BATCH = 1000
 PROGRAM = "bench"

@@ -34,9 +34,9 @@ from services.shared.metrics import (
     render,
 )
 from services.shared.publish import BrokerUnavailable, Publisher
+from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
-from streams.config import ModelConfigs
-from streams.records import UserRecord
+from services.shared.users import UserRecord
 from streams.update import apply_messages, split_by_user
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from services.shared.assets import asset_key, encode_asset, iso_utc
 from services.shared.clickhouse import Store
 from services.shared.events import message_key, partition_for
 from services.shared.kafka import LIBRDKAFKA_LOG, produce_waiting, producer_config
+from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
-from streams.config import ModelConfigs
+from services.shared.users import UserRecord
 from streams.model import apply_event
-from streams.records import UserRecord
 from streams.update import SESSION_GAP_S
 
 # Every stored action; Personalize PutUsers rows carry user metadata, not actions.

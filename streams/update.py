@@ -16,8 +16,9 @@ from typing import Protocol
 import orjson
 
 from services.shared.events import InvalidEvent, lines, message_key
-from streams.model import ModelConfig, apply_event
-from streams.records import UserRecord
+from services.shared.ranking import ModelConfig
+from services.shared.users import UserRecord
+from streams.model import apply_event
 
 log = logging.getLogger(__name__)
 

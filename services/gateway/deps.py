@@ -14,8 +14,8 @@ from services.gateway.progress import GroupProgress
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.publish import Publisher
+from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
-from streams.config import ModelConfigs
 
 
 @dataclass

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from services.shared.clickhouse import Store
-from streams.model import Popularity
+from services.shared.ranking import Popularity
 
 
 class Popularities:

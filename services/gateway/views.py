@@ -28,9 +28,9 @@ from services.shared.assets import decode_asset
 from services.shared.events import InvalidEvent
 from services.shared.kafka import LIBRDKAFKA_LOG
 from services.shared.publish import BrokerUnavailable
+from services.shared.ranking import Catalog
 from services.shared.settings import Settings
-from streams.model import Catalog
-from streams.records import UserRecord
+from services.shared.users import UserRecord
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from services.shared.clickhouse import Store
+from services.shared.ranking import ModelConfig
 from services.shared.settings import Settings
-from streams.model import ModelConfig
 from tests.integration.conftest import Agents, env_for, event, read_topic, running_sink, wait_for
 
 H = {"program-id": "shop"}
@@ -221,8 +221,8 @@ def test_readyz_waits_until_the_views_hold_the_existing_user_state(settings: Set
 
     from services.shared.events import message_key
     from services.shared.kafka import ensure_topics, producer_config
+    from services.shared.users import UserRecord
     from streams.model import apply_event
-    from streams.records import UserRecord
 
     ensure_topics(settings)
     producer = Producer(producer_config(settings))

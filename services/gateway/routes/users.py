@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from services.gateway.auth import ReadKey
 from services.gateway.deps import GatewayDep, ProgramId
 from services.shared.events import message_key
-from streams.model import UserState, label_weights, recommend
+from services.shared.ranking import UserState, label_weights, recommend
 
 router = APIRouter(tags=["Users"])
 UserIdPath = Annotated[str, Path(min_length=1, max_length=512)]

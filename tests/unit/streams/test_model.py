@@ -1,21 +1,20 @@
-"""Unit tests for streams.model; expected numbers are hand-computed literals (see comments)."""
+"""Unit tests for the user-state model: folding events (streams.model) and ranking
+(services.shared.ranking); expected numbers are hand-computed literals (see comments)."""
 
 import itertools
 
 import pytest
 
-from streams.model import (
+from services.shared.ranking import (
     Catalog,
-    EventIn,
     ModelConfig,
     Popularity,
     Recommendation,
     UserState,
-    apply_event,
-    apply_events,
     label_weights,
     recommend,
 )
+from streams.model import EventIn, apply_event, apply_events
 
 HL = 10.0  # half-life in seconds for easy hand math: dt=10 -> x0.5, dt=20 -> x0.25
 

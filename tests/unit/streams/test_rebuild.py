@@ -6,8 +6,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
-from streams.config import ModelConfigs
 from streams.rebuild import _users
 
 HOUR_US = 3600 * 10**6

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import orjson
 
 from services.shared.events import message_key
-from streams.model import ModelConfig, label_weights
-from streams.records import UserRecord
+from services.shared.ranking import ModelConfig, label_weights
+from services.shared.users import UserRecord
 from streams.update import apply_messages, split_by_user
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from streams.model import UserState
+from services.shared.ranking import UserState
 
 
 @dataclass(slots=True)

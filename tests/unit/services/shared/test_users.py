@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from streams.model import UserState
-from streams.records import UserRecord
+from services.shared.ranking import UserState
+from services.shared.users import UserRecord
 
 
 def record(i: int) -> UserRecord:

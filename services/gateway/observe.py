@@ -27,7 +27,6 @@ REJECTION_REASONS = {
 class RequestMetrics:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._children: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,14 +44,17 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            key = (getattr(route, "path", "unmatched"), status)
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = HTTP_REQUESTS.labels(key[0], str(status))
-            child.inc()
-            if status >= 400 and scope["method"] in WRITES:
-                _rejected(status)
+            count(getattr(route, "path", "unmatched"), status, scope["method"])
 
 
-def _rejected(status: int) -> None:
-    REQUESTS_REJECTED.labels(REJECTION_REASONS.get(status, "other")).inc()
+_children: dict[tuple[str, int], Any] = {}
+
+
+def count(route: str, status: int, method: str) -> None:
+    """One answered request (also called by the hot path, which runs outside this middleware)."""
+    child = _children.get((route, status))
+    if child is None:
+        child = _children[(route, status)] = HTTP_REQUESTS.labels(route, str(status))
+    child.inc()
+    if status >= 400 and method in WRITES:
+        REQUESTS_REJECTED.labels(REJECTION_REASONS.get(status, "other")).inc()

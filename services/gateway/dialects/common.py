@@ -49,25 +49,32 @@ def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
     a body too large (413), the broker unavailable (503 + Retry-After; nothing accepted)
     and user state late (504: the events are durable, do not resend)."""
 
+    def failure(request: Request, exc: Exception) -> Response:
+        """The dialect's answer to ``exc``; re-raises what it does not answer."""
+        if isinstance(exc, own):
+            return answer(request, exc)
+        if isinstance(exc, AuthError):
+            return shape(exc.status, exc.message)
+        if isinstance(exc, PayloadTooLarge):
+            return shape(413, f"request body larger than {exc.limit} bytes")
+        if isinstance(exc, BrokerUnavailable):
+            return shape(503, unavailable(exc), headers=retry_after(request))
+        if isinstance(exc, UpdateTimeout):
+            return shape(504, f"the {exc.events} events are accepted and durable, but "
+                         f"user state was not updated within {exc.timeout_s}s; do not resend")
+        raise exc
+
     class DialectRoute(APIRoute):
+        answer_failure = staticmethod(failure)  # also the hot path's (services.gateway.hotpath)
+
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def route(request: Request) -> Response:
                 try:
                     return await handler(request)
-                except own as exc:
-                    return answer(request, exc)
-                except AuthError as exc:
-                    return shape(exc.status, exc.message)
-                except PayloadTooLarge as exc:
-                    return shape(413, f"request body larger than {exc.limit} bytes")
-                except BrokerUnavailable as exc:
-                    return shape(503, unavailable(exc), headers=retry_after(request))
-                except UpdateTimeout as exc:
-                    return shape(504, f"the {exc.events} events are accepted and durable, but "
-                                 f"user state was not updated within {exc.timeout_s}s; do not "
-                                 "resend")
+                except Exception as exc:  # noqa: BLE001 - failure() re-raises the others
+                    return failure(request, exc)
 
             return route
 

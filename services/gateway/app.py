@@ -14,10 +14,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.types import Receive, Scope, Send
 
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, retail, userflux
+from services.gateway.hotpath import HotPath
 from services.gateway.live import Live
 from services.gateway.observe import RequestMetrics
 from services.gateway.progress import GroupProgress
@@ -53,9 +55,22 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+class GatewayApp(FastAPI):
+    """FastAPI with the ingest routes' hot path in front (services.gateway.hotpath): before
+    FastAPI's own ``__call__``, whose per-request OpenTelemetry check alone costs more than
+    a small request's validation."""
+
+    hot_path: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_path is None or not await self.hot_path.serve(self, scope, receive, send):
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, store: Store | None = None, hot_path: bool = True) -> FastAPI:
     """``store``: a Store shared with the sink (embedded mode); else one is opened here
-    only when ClickHouse is a server, since embedded chDB belongs to the sink's process."""
+    only when ClickHouse is a server, since embedded chDB belongs to the sink's process.
+    ``hot_path`` False: every request through FastAPI's routing (tests compare the two)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +90,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             gw.views.stop()
             app.state.live.stop()
             gw.progress.stop()
+            await gw.group_commit.drain()
             gw.publisher.close()
             if own_store and gw.store is not None:
                 gw.store.close()
@@ -105,6 +121,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(crowdpower.router)
     errors.install(app, settings.retry_after_s)
     app.add_middleware(RequestMetrics)
+    app.__class__ = GatewayApp  # FastAPIOffline builds a plain FastAPI
+    app.hot_path = HotPath() if hot_path else None  # type: ignore[attr-defined]
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from services.gateway.errors import StoreUnavailable
+from services.gateway.group_commit import GroupCommit
 from services.gateway.keys import KeyRing
 from services.gateway.popularity import Popularities
 from services.gateway.progress import GroupProgress
@@ -28,10 +29,13 @@ class Gateway:
     views: Views
     progress: GroupProgress
     keys: KeyRing | None = None  # None: open (no keys file, or SLUICE_AUTH=off)
+    group_commit: GroupCommit = field(init=False)  # events go through it, in windows
     popularity: Popularities = field(init=False)
     model_configs: ModelConfigs = field(init=False)
 
     def __post_init__(self) -> None:
+        self.group_commit = GroupCommit(self.publisher, self.settings.group_commit_ms / 1000,
+                                        self.settings.message_max_bytes)
         self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
         self.model_configs = ModelConfigs(self.settings)
 

@@ -8,7 +8,8 @@ asset_labels) and calls
 :mod:`services.shared.events`), publishes with acks=all and, for ``queue_updates=false``, waits for the
 agents, or for ``wait=stored``, for the sink's group to commit past the batch. Failures
 are raised (BrokerUnavailable, UpdateTimeout, StillPending) for each dialect to answer in
-its vendor's own shape.
+its vendor's own shape. The messages are the group commit's
+(:mod:`services.gateway.group_commit`): the lines of concurrent requests share them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from services.gateway.deps import Gateway
 from services.gateway.errors import StillPending, UpdateTimeout
 from services.gateway.receipts import Level, Receipt, highest_offsets
 from services.gateway.validate import ApiEvent, new_event_ids
-from services.shared.events import ENCODE_OPTIONS, WIRE_HEADER, message_key, partition_for
+from services.shared.events import ENCODE_OPTIONS, message_key, partition_for
 from services.shared.metrics import accepted
 
 # event_id of an event with a client-side id: the same (program, source, client id) always
@@ -85,10 +86,7 @@ async def ingest(
         else:
             same.append(line)
     bundles = Bundles(lines_of, gateway.settings.message_max_bytes)
-    positions = await gateway.publisher.publish(
-        [(None, value) for value in bundles.values], headers=[WIRE_HEADER],
-        partitions=bundles.partitions,
-    )
+    positions = await gateway.group_commit.commit(bundles.chunks)
     accepted(source, len(events), began)  # metrics: once per request
     level = wait or ("broker" if queue_updates else "user")
     if level == "user" and process_user_actions:
@@ -138,39 +136,39 @@ def _canonical_lines(events: list[dict[str, Any]], ids: list[str],
 
 
 class Bundles:
-    """A request's lines per partition -> its messages: one per partition, or (rarely,
-    beyond ``max_bytes``) several, split between lines. ``message_of`` says which message
-    holds a user's last line: the one a ``queue_updates=false`` POST waits for."""
+    """A request's lines per partition -> its chunks, (partition, lines, bytes joined): one
+    per partition, or (rarely, beyond ``max_bytes``) several, split between lines. The
+    group commit puts each chunk in one message. ``message_of`` says which chunk holds a
+    user's last line: the message a ``queue_updates=false`` POST waits for."""
 
     def __init__(self, lines_of: dict[int, list[bytes]], max_bytes: int) -> None:
-        self.partitions: list[int] = []  # per message: its partition
-        self.values: list[bytes] = []  # per message: its lines, joined
-        self._message_of_partition: dict[int, int] = {}
-        self._message_of_user: dict[str, int] = {}  # users of split partitions only
+        self.chunks: list[tuple[int, list[bytes], int]] = []
+        self._chunk_of_partition: dict[int, int] = {}
+        self._chunk_of_user: dict[str, int] = {}  # users of split partitions only
         for partition, lines in lines_of.items():
-            if sum(map(len, lines)) + len(lines) - 1 <= max_bytes:
-                self._add(partition, lines)
+            size = sum(map(len, lines)) + len(lines) - 1
+            if size <= max_bytes:
+                self._add(partition, lines, size)
             else:
                 self._split(partition, lines, max_bytes)
 
-    def _add(self, partition: int, lines: list[bytes]) -> None:
-        self._message_of_partition[partition] = len(self.values)
-        self.partitions.append(partition)
-        self.values.append(b"\n".join(lines))
+    def _add(self, partition: int, lines: list[bytes], size: int) -> None:
+        self._chunk_of_partition[partition] = len(self.chunks)
+        self.chunks.append((partition, lines, size))
 
     def _split(self, partition: int, lines: list[bytes], max_bytes: int) -> None:
         chunk: list[bytes] = []
         size = 0
         for line in lines:
-            if chunk and size + len(line) > max_bytes:
-                self._add(partition, chunk)
+            if chunk and size + 1 + len(line) > max_bytes:
+                self._add(partition, chunk, size)
                 chunk, size = [], 0
+            size += len(line) + (1 if chunk else 0)
             chunk.append(line)
-            size += len(line) + 1
-            # the message this line will be in; the user's last line decides
-            self._message_of_user[orjson.loads(line)["user_id"]] = len(self.values)
-        self._add(partition, chunk)
+            # the chunk this line will be in; the user's last line decides
+            self._chunk_of_user[orjson.loads(line)["user_id"]] = len(self.chunks)
+        self._add(partition, chunk, size)
 
     def message_of(self, user: str, partition: int) -> int:
-        index = self._message_of_user.get(user)
-        return self._message_of_partition[partition] if index is None else index
+        index = self._chunk_of_user.get(user)
+        return self._chunk_of_partition[partition] if index is None else index

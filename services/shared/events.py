@@ -10,10 +10,11 @@ with Kafka's own partitioner (murmur2, as the Java client and librdkafka's
 ``murmur2_random`` do), so one user's events share a partition and stay in order, and
 the agents' state of a user lives on that partition too.
 
-What one message holds: the gateway bundles a request's events per partition, one
-message per (request, partition) with no key, each user's events in request order.
-Every consumer pays its per-message cost (produce call, delivery report, Faust's stream
-machinery) a few times per request rather than once per user or event. Consumers read
+What one message holds: the gateway's group commit (services.gateway.group_commit)
+bundles the events of the requests of a short window per partition: one message per
+(window, partition) with no key, each user's events in the order they came. Every
+consumer pays its per-message cost (produce call, delivery report, Faust's stream
+machinery) once per window and partition, rather than per request, user or event. Consumers read
 the user of each line from the line itself, so a producer that sends per-user keyed
 messages through the same partitioner is read the same way.
 """

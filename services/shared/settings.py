@@ -72,8 +72,14 @@ class Settings(BaseSettings):
         "shrink ~4x for ~5% of its CPU, and the broker moves and keeps a quarter of the bytes."
     )
     message_max_bytes: int = Field(
-        900_000, description="A request's events for one partition are split into messages of "
-        "at most this many bytes (Kafka's default message.max.bytes is about 1 MB)."
+        900_000, description="The gateway's messages hold at most this many bytes of event "
+        "lines (a request's events for one partition are split between lines beyond it; "
+        "Kafka's default message.max.bytes is about 1 MB)."
+    )
+    group_commit_ms: float = Field(
+        1.0, ge=0, le=50, description="Group commit: the lines of the requests a gateway "
+        "process takes within this window share one message per partition (answered when it "
+        "is acked). 0: the requests of one turn of the event loop."
     )
     dialect_state_wait_programs: list[str] = Field(
         default_factory=list, description="Programs (\"*\": all) whose UserFlux, CrowdPower "

@@ -148,7 +148,8 @@ def break_broker(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     async def down(*_: object, **__: object) -> None:
         raise BrokerUnavailable("no ack within 3.0s")
 
-    monkeypatch.setattr(app.state.gateway.publisher, "publish", down)
+    monkeypatch.setattr(app.state.gateway.publisher, "publish", down)  # assets
+    monkeypatch.setattr(app.state.gateway.group_commit, "commit", down)  # events
 
 
 @pytest.fixture

@@ -60,13 +60,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="10-event POSTs for freshness, and as many for queue_updates=false")
     ap.add_argument("--dialect-seconds", type=int, default=5,
                     help="length of each dialect's load (section 8)")
+    ap.add_argument("--lag-seconds", type=int, default=60,
+                    help="single-event load the agents must keep up with (section 9)")
     ap.add_argument("--only", choices=["dialects", "small"],
                     help="run one section alone (results in bench/out/<section>.json)")
     args = ap.parse_args(argv)
     if args.only == "dialects":
         return dialects.run_alone(args.dialect_seconds)
     if args.only == "small":
-        return small.run_alone(args.seconds)
+        return small.run_alone(args.seconds, args.lag_seconds)
     started = time.perf_counter()
     cpu_before = cpu_seconds_by_pid()
     tansu_peaks: dict[str, float] = {}
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tansu(work, "small", tansu_peaks) as boot:
             log.log(f"9. small requests: floor, then 1 and 10 events, hey -c {small.CLIENTS}")
             small_runs = small.run_small(boot, work, args.seconds)
+            log.log(f"9. then {args.lag_seconds} s of 1-event POSTs with an agents worker")
+            small_lag = small.run_agents_lag(boot, work, args.lag_seconds)
         mix, worst = agent_runs[agents.MIX_USERS], agent_runs[agents.WORST_USERS]
     r["total_s"] = time.perf_counter() - started
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["freshness"] = fresh.as_dict()
     r["dialects"] = {"seconds": args.dialect_seconds, "env": dialects.QUEUE_UPDATES_ENV,
                      "runs": [d.as_dict() for d in dialect_runs]}
-    r["small"] = {"clients": small.CLIENTS, "runs": [s.as_dict() for s in small_runs]}
+    r["small"] = {"clients": small.CLIENTS, "runs": [s.as_dict() for s in small_runs],
+                  "agents_lag": small_lag.as_dict()}
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,
                          "bench_sink_note": "bench process (sink thread + its Store) incl. chDB",
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = report.build_table(r, conf, aio, full, half, sunk, mix, worst, fresh)
     wide_console().print(table)
     wide_console().print(report.dialects_table(dialect_runs, args.dialect_seconds, dialects_gw_peak))
-    wide_console().print(small.small_table(small_runs, args.seconds))
+    wide_console().print(small.small_table(small_runs, args.seconds, lag=small_lag))
     if full.sample_failure:
         log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")
     OUT.mkdir(parents=True, exist_ok=True)

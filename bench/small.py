@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
 
+from bench.agents import AgentsProcess, bench_settings, env_for
 from bench.dialects import (
     crowdpower_body,
     personalize_body,
@@ -38,6 +40,7 @@ from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 
 CLIENTS = 50
+AGENTS_CATCH_UP_TARGET_S = 2.0
 FLOOR_SHARE_TARGET = 0.3
 TEN_EVENTS_TARGET = 30_000
 
@@ -143,7 +146,66 @@ def run_small(bootstrap: str, workdir: Path, seconds: int,
     return results
 
 
-def small_table(results: list[SmallResult], seconds: int, note: str = "") -> Table:
+@dataclass
+class LagResult:
+    """A minute (``seconds``) of single-event load with the agents consuming meanwhile:
+    how far behind they were when it stopped, and how long they took to catch up."""
+
+    seconds: int
+    hey: HeyResult
+    messages: int  # on the events topic at the end (the group commit's, not requests)
+    behind_at_end: int  # messages the agents had not applied when the load stopped
+    caught_up_s: float  # from the end of the load to every message applied (-1: never)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"seconds": self.seconds, "messages": self.messages,
+                "behind_at_end": self.behind_at_end, "caught_up_s": round(self.caught_up_s, 2),
+                "target_s": AGENTS_CATCH_UP_TARGET_S} | self.hey.as_dict()
+
+
+def _topic_messages(reader: Consumer, topic: str) -> int:
+    meta = reader.list_topics(topic, timeout=5).topics[topic]
+    return sum(reader.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+               for p in meta.partitions)
+
+
+def run_agents_lag(bootstrap: str, workdir: Path, seconds: int) -> LagResult:
+    """1-event POSTs from 50 connections at the gateway's full rate for ``seconds``, with
+    an agents worker applying them; then the time until it applied every message (its
+    /stats count against the topic's end offsets)."""
+    workdir = workdir / "lag"
+    workdir.mkdir(exist_ok=True)
+    settings = bench_settings(bootstrap, workdir, "lag")
+    ensure_topics(settings)
+    worker = AgentsProcess(settings, workdir)
+    gw = GatewayProcess(bootstrap, settings.topic_events, settings.http_port, workdir,
+                        env=env_for(settings))
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-lag-reader"})
+    try:
+        worker.wait_serving()
+        gw.wait_ready()
+        body = workdir / "one.json"
+        body.write_bytes(api_body(seed=21, n=1))
+        result = hey(gw.url, body, seconds, CLIENTS)
+        ended = time.monotonic()
+        applied = (worker.stats() or {}).get("messages", 0)
+        end = _topic_messages(reader, settings.topic_events)
+        behind, caught_up = end - applied, -1.0
+        while time.monotonic() - ended < 60:
+            end = max(end, _topic_messages(reader, settings.topic_events))
+            if (worker.stats() or {}).get("messages", 0) >= end:
+                caught_up = time.monotonic() - ended
+                break
+            time.sleep(0.05)
+        return LagResult(seconds, result, end, behind, caught_up)
+    finally:
+        reader.close()
+        gw.stop()
+        worker.stop()
+
+
+def small_table(results: list[SmallResult], seconds: int, note: str = "",
+                lag: LagResult | None = None) -> Table:
     floor = results[0].hey.requests_per_s if results else 0.0
     t = Table(title=f"9  Small requests (hey -c {CLIENTS}, {seconds} s each (dialects 5 s), "
               "1 gateway worker, queue_updates=true; dialects at their default ack)",
@@ -161,10 +223,20 @@ def small_table(results: list[SmallResult], seconds: int, note: str = "") -> Tab
         t.add_row(r.name, f"{r.hey.requests_per_s:,.0f}", f"{r.events_per_s:,.0f}",
                   f"{r.hey.requests_per_s / floor:.2f}" if floor else "",
                   f"{r.hey.p50_ms:.1f} / {r.hey.p99_ms:.1f}", str(r.not_ok), verdict)
+    if lag is not None:
+        caught = (f"caught up {lag.caught_up_s:.2f} s" if lag.caught_up_s >= 0
+                  else "not caught up in 60 s")
+        ok = 0 <= lag.caught_up_s <= AGENTS_CATCH_UP_TARGET_S
+        t.add_row(f"POST /events, 1 event, {lag.seconds} s with the agents applying: "
+                  f"{lag.messages:,} messages, {lag.behind_at_end:,} not applied at the end",
+                  f"{lag.hey.requests_per_s:,.0f}", f"{lag.hey.requests_per_s:,.0f}",
+                  f"{lag.hey.requests_per_s / floor:.2f}" if floor else "",
+                  f"{lag.hey.p50_ms:.1f} / {lag.hey.p99_ms:.1f}", str(lag.hey.not_ok),
+                  f"{'PASS' if ok else 'miss'}: {caught}")
     return t
 
 
-def run_alone(seconds: int) -> dict[str, Any]:
+def run_alone(seconds: int, lag_seconds: int) -> dict[str, Any]:
     from bench.run import OUT, log, tansu, wide_console
 
     cpu_before = cpu_seconds_by_pid()
@@ -173,11 +245,14 @@ def run_alone(seconds: int) -> dict[str, Any]:
           tansu(Path(tmp), "small", peaks) as boot):
         log.log(f"9. small requests: floor, then 1 and 10 events, hey -c {CLIENTS}")
         results = run_small(boot, Path(tmp), seconds)
+        log.log(f"9. then {lag_seconds} s of 1-event POSTs with an agents worker applying them")
+        lag = run_agents_lag(boot, Path(tmp), lag_seconds)
     foreign = foreign_cpu_s(cpu_before)
     note = (f"Other processes used {foreign:.0f} CPU-s meanwhile: figures are contended."
             if foreign >= 1 else "")
-    wide_console().print(small_table(results, seconds, note))
-    out = {"seconds": seconds, "foreign_cpu_s": foreign, "runs": [r.as_dict() for r in results]}
+    wide_console().print(small_table(results, seconds, note, lag))
+    out = {"seconds": seconds, "foreign_cpu_s": foreign, "runs": [r.as_dict() for r in results],
+           "agents_lag": lag.as_dict()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "small.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
@@ -186,7 +261,10 @@ def run_alone(seconds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=int, default=10, help="length of each load")
-    return run_alone(ap.parse_args(argv).seconds)
+    ap.add_argument("--lag-seconds", type=int, default=60,
+                    help="length of the single-event load the agents must keep up with")
+    args = ap.parse_args(argv)
+    return run_alone(args.seconds, args.lag_seconds)
 
 
 if __name__ == "__main__":

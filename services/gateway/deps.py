@@ -34,8 +34,7 @@ class Gateway:
     model_configs: ModelConfigs = field(init=False)
 
     def __post_init__(self) -> None:
-        self.group_commit = GroupCommit(self.publisher, self.settings.group_commit_ms / 1000,
-                                        self.settings.message_max_bytes)
+        self.group_commit = GroupCommit(self.publisher)
         self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
         self.model_configs = ModelConfigs(self.settings)
 

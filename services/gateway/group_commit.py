@@ -61,18 +61,16 @@ class _Window:
 class GroupCommit:
     """The gateway's one window of lines waiting to be produced (one per process)."""
 
-    def __init__(self, publisher: Publisher, window_s: float, max_bytes: int) -> None:
+    def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
-        self.window_s = window_s
-        self.max_bytes = max_bytes
-        self.timeout_s = publisher.settings.publish_timeout_s
+        self.settings = publisher.settings  # read per window: window, size and timeout
         self._window: _Window | None = None  # the open one
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one window produced at a time, in order
 
     async def commit(self, chunks: Sequence[tuple[int, list[bytes], int]]) -> list[tuple[int, int]]:
         """Publish a request's chunks -- (partition, lines, bytes joined), each at most
-        ``max_bytes`` unless it is one line -- with the other requests of the window; return
+        SLUICE_MESSAGE_MAX_BYTES unless it is one line -- with the other requests of the window; return
         where each chunk landed, (partition, offset), in order. BrokerUnavailable unless the
         broker acked every one within SLUICE_PUBLISH_TIMEOUT_S of the window's start (one
         timer per window, not per request)."""
@@ -91,11 +89,12 @@ class GroupCommit:
         window = self._window
         if window is None:
             loop = asyncio.get_running_loop()
-            window = self._window = _Window(loop.time() + self.window_s + self.timeout_s)
-            loop.call_at(window.deadline, window.expire, self.timeout_s)
-            self._flusher = loop.create_task(self._flush_after_window())
+            wait_s, timeout_s = self.settings.group_commit_ms / 1000, self.settings.publish_timeout_s
+            window = self._window = _Window(loop.time() + wait_s + timeout_s)
+            loop.call_at(window.deadline, window.expire, timeout_s)
+            self._flusher = loop.create_task(self._flush_after_window(wait_s))
         message = window.open.get(partition)
-        if message is not None and message.size + 1 + size > self.max_bytes:
+        if message is not None and message.size + 1 + size > self.settings.message_max_bytes:
             message = None  # full: it keeps its place in the window's order
         if message is None:
             message = _Message(partition, list(lines), size,
@@ -107,8 +106,8 @@ class GroupCommit:
             message.size += 1 + size
         return message.future
 
-    async def _flush_after_window(self) -> None:
-        await asyncio.sleep(self.window_s)
+    async def _flush_after_window(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
         async with self._lock:  # FIFO: a window waits for the one before it
             window, self._window, self._flusher = self._window, None, None
             if window is None:

@@ -18,6 +18,7 @@ import orjson
 
 from services.gateway.ingest import ingest
 from services.gateway.validate import parse_event_list
+from services.shared.events import WIRE_HEADER
 from services.shared.ranking import Catalog
 from services.shared.settings import Settings
 
@@ -70,7 +71,8 @@ def users_body(seed: int, users_per_request: int, pool: int = 10_000, n: int = B
 
 
 class _Recorder:
-    """Stands in for the gateway's publisher and views: keeps what would be published."""
+    """Stands in for the gateway's publisher, group commit and views: keeps what would be
+    published."""
 
     def __init__(self) -> None:
         self.messages: Messages = []
@@ -84,6 +86,12 @@ class _Recorder:
         self.headers = headers
         return [(p, 0) for p in where]
 
+    async def commit(self, chunks: Sequence[tuple[int, list[bytes], int]]) -> list[tuple[int, int]]:
+        """The group commit's part: one request alone in its window, one message a chunk."""
+        self.messages = [(None, b"\n".join(lines), p) for p, lines, _ in chunks]
+        self.headers = [WIRE_HEADER]
+        return [(p, 0) for p, _, _ in chunks]
+
     def partition_count(self) -> int:
         return int(_GATEWAY.settings.events_partitions)
 
@@ -92,7 +100,8 @@ class _Recorder:
 
 
 _RECORDER = _Recorder()
-_GATEWAY: Any = SimpleNamespace(settings=Settings(), publisher=_RECORDER, views=_RECORDER)
+_GATEWAY: Any = SimpleNamespace(settings=Settings(), publisher=_RECORDER, views=_RECORDER,
+                                group_commit=_RECORDER)
 
 
 def wire_batch(body: bytes, program_id: str = PROGRAM,

@@ -1,0 +1,87 @@
+"""Faust's table recovery reads a changelog partition up to its "highwater", which it takes
+from the broker's ListOffsets (the log end offset). Tansu answers ListOffsets with the base
+offset of the partition's last record batch + 1, not the offset after its last record
+(measured: batches of 5 records at offsets 0-4 and 5-9 -> 6, not 10), while its Fetch
+responses carry the right high watermark. Faust then stops recovering a partition at the
+first record of its last batch: with a store that keeps its changelog offset (RocksDB), it
+either raises ConsistencyError (the store holds a later offset than that "highwater") or
+leaves the store without the last records, and the agent would then count from stale
+user records.
+
+So each recovery's highwaters are checked against a Fetch of the last record batch: the
+larger of the two is used. Against Kafka both agree and this costs one fetch per recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from faust.tables.recovery import Recovery
+from faust.types import TP
+
+from services.shared.kafka import LIBRDKAFKA_LOG
+
+log = logging.getLogger(__name__)
+
+
+def fetched_ends(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 5.0) -> dict[TP, int]:
+    """The log end offset of each partition as a Fetch of its last batch reports it (the
+    high watermark), given ``ends`` as ListOffsets reported them. Partitions reported empty
+    are left out; so is one whose fetch did not answer within ``timeout_s`` (logged)."""
+    want = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end > 0}
+    if not want:
+        return {}
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"sluice-recovery-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "fetch.wait.max.ms": 10, "logger": LIBRDKAFKA_LOG,
+    })
+    out: dict[TP, int] = {}
+    try:
+        consumer.assign([TopicPartition(c.topic, c.partition, ends[tp] - 1)
+                         for c, tp in want.items()])
+        deadline = time.monotonic() + timeout_s
+        while len(out) < len(want) and time.monotonic() < deadline:
+            consumer.consume(1000, 0.05)
+            for c, tp in want.items():
+                # known once a fetch answered (even one that held only control records)
+                _, high = consumer.get_watermark_offsets(c, cached=True)
+                if high >= 0:
+                    out[tp] = high
+    finally:
+        consumer.close()
+    for tp in want.values():
+        if tp not in out:
+            log.warning("recovery: no fetch of %s within %.0fs; its end offset is the "
+                        "broker's ListOffsets (%d)", tp, timeout_s, ends[tp])
+    return out
+
+
+_PATCHED: list[str] = []
+
+
+def check_highwaters(bootstrap: str) -> None:
+    """Make Faust's recovery (in this process) use the fetched end offsets where they are
+    larger. Idempotent; the bootstrap of the last call wins (one app per process)."""
+    if _PATCHED:
+        _PATCHED[0] = bootstrap
+        return
+    _PATCHED.append(bootstrap)
+    build = Recovery._build_highwaters
+
+    async def _build_highwaters(self: Recovery, consumer: Any, tps: Any, destination: Any,
+                                title: str) -> None:
+        await build(self, consumer, tps, destination, title)
+        # Faust keeps end - 1 (the offset of the last record) in ``destination``
+        listed = {tp: destination[tp] + 1 for tp in tps}
+        for tp, end in (await asyncio.to_thread(fetched_ends, _PATCHED[0], listed)).items():
+            if end > listed[tp]:
+                log.info("recovery: %s ends at %d (ListOffsets said %d)", tp, end, listed[tp])
+                destination[tp] = end - 1
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]

@@ -1,8 +1,11 @@
 """The Faust app: the events topic in, the ``user-state`` table out.
 
 Run with ``sluice agents``; several workers share the partitions (one consumer group,
-the app id). State lives in memory and in the table's changelog topic, from which a
-worker that takes over partitions recovers it.
+the app id). State lives in the table's changelog topic (the source of truth) and in each
+worker's local store: RocksDB under ``SLUICE_DATA_DIR/agents/<app id>/<slot>`` by default
+(``SLUICE_AGENTS_STORE``), so it may exceed memory and a restarted worker reads only the
+changelog's tail (see streams.store). A worker that takes over partitions recovers them
+from the changelog, from the offset its store holds for them (or from the start).
 
 Messages are consumed as raw bytes and processed in batches (``take_events``): one read
 and one write of the table per user per batch. A user's state is written to the changelog
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -37,6 +41,8 @@ from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
+from streams.recovery import check_highwaters
+from streams.store import LocalStates, app_dir
 from streams.update import apply_messages, split_by_user
 
 log = logging.getLogger(__name__)
@@ -92,15 +98,39 @@ def _observe(batch: list[Any], users: int) -> None:
     STATE_USERS.set(users)
 
 
-def create_app(settings: Settings) -> faust.App:
+def owned_partitions(app: faust.App) -> set[int]:
+    return {tp.partition for tp in app.assignor.assigned_actives()}
+
+
+def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) -> None:
+    """Count the changelog records Faust applies to the table's store (recovery of active
+    partitions, standby partitions followed): what a restart cost, on /stats."""
+    apply = table.apply_changelog_batch
+
+    def counted(batch: list[Any]) -> None:
+        standbys = app.assignor.assigned_standbys()
+        standby = sum(1 for event in batch if event.message.tp in standbys) if standbys else 0
+        stats["changelog_standby"] += standby
+        stats["changelog_recovered"] += len(batch) - standby
+        apply(batch)
+
+    table.apply_changelog_batch = counted
+
+
+def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
+    """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
+    slot 0 of the app id's directory under the data dir."""
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
-    datadir = settings.data_dir / "agents"  # not ./<app id>-data in whatever the cwd is
+    check_highwaters(settings.bootstrap)
+    # not ./<app id>-data in whatever the cwd is
+    datadir = datadir or app_dir(settings) / "0"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.agents_app_id,
         broker=f"kafka://{settings.bootstrap}",
-        store="memory://",
+        store=f"{settings.agents_store}://",
         datadir=str(datadir),
+        table_standby_replicas=settings.agents_standby_replicas,
         topic_partitions=settings.events_partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
@@ -125,17 +155,22 @@ def create_app(settings: Settings) -> faust.App:
         "user-state", key_type=bytes, value_type=bytes,
         partitions=settings.events_partitions, use_partitioner=True,
     )
+    states = LocalStates(user_state, settings)
     config_for = ModelConfigs(settings)
-    stats = {"messages": 0, "users_written": 0}
+    # changelog_recovered / changelog_standby: changelog records this worker applied to its
+    # store since it started, recovering active partitions / following standby ones
+    stats = {"messages": 0, "users_written": 0, "changelog_recovered": 0, "changelog_standby": 0}
     changelog = Publisher(settings)
+    _count_changelog_reads(app, user_state, stats)
 
     @app.agent(events, name="update-users")
     async def update_users(stream: faust.StreamT[Any]) -> None:
         """Batches of source messages -> one state write per changed user.
 
-        The new records go into the table's memory directly and to its changelog through
-        confluent-kafka, awaited before the batch's events are acked (so before Faust
-        commits their offsets): Faust's own changelog path cost ~230 us per write here,
+        The new records go to the table's changelog through confluent-kafka, awaited
+        before the batch's events are acked (so before Faust commits their offsets), and
+        then into the table's local store with the changelog offsets they landed at
+        (streams.store.LocalStates): Faust's own changelog path cost ~230 us per write here,
         more than all the model's work."""
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             settings.agents_batch_max, within=settings.agents_batch_seconds
@@ -143,7 +178,8 @@ def create_app(settings: Settings) -> faust.App:
             written: list[tuple[bytes, bytes]] = []
             partitions: list[int] = []
             for key, entries in split_by_user(event.message for event in batch).items():
-                current = user_state.data.get(key)
+                partition = entries[-1].partition
+                current = states.get(partition, key)
                 if current is not None:
                     record = UserRecord.decode(current)
                 else:
@@ -151,10 +187,8 @@ def create_app(settings: Settings) -> faust.App:
                     record = UserRecord(program_id, user_id)
                 entries.sort(key=lambda entry: entry.offset)
                 if apply_messages(record, entries, config_for):
-                    value = record.encode()
-                    user_state.data[key] = value
-                    written.append((key, value))
-                    partitions.append(entries[-1].partition)
+                    written.append((key, record.encode()))
+                    partitions.append(partition)
             # a user's state goes to the changelog partition of its events' partition; a
             # broker that is down or stalled pauses the agent here (nothing of the batch is
             # acked, so nothing is committed): it must not crash it, which would stop it
@@ -164,11 +198,15 @@ def create_app(settings: Settings) -> faust.App:
                 before_sleep=_log_changelog_retry,
             ):
                 with attempt:
-                    await changelog.publish(written, topic=settings.topic_user_state,
-                                            partitions=partitions)
+                    positions = await changelog.publish(
+                        written, topic=settings.topic_user_state, partitions=partitions)
+            # only now: a store ahead of its changelog would skip the replayed events after
+            # a crash as applied, and their state would never reach the changelog
+            states.commit([(p, k, v) for p, (k, v) in zip(partitions, written, strict=True)],
+                          positions)
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
-            _observe(batch, len(user_state.data))
+            _observe(batch, states.users(owned_partitions(app)))
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:

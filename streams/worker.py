@@ -12,14 +12,24 @@ from services.shared.kafka import ensure_topics
 from services.shared.logs import log_config
 from services.shared.settings import Settings
 from streams.app import create_app
+from streams.store import Slot
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     ensure_topics(settings)
-    app = create_app(settings)
+    # this worker's own store directory, held until the process exits: two workers on one
+    # data dir each get theirs, and a restarted one finds its store again
+    slot = Slot.claim(settings) if settings.agents_store == "rocksdb" else None
+    app = create_app(settings, slot.path if slot else None)
     tune_gc(settings.gc_young_threshold)  # user records churn per batch, as requests do
     level = logging.getLevelName(level_number(loglevel))
     # Faust would install its own (coloured) handler: it gets Sluice's config instead, and
     # in json mode no banner on stdout
-    faust.Worker(app, loglevel=loglevel, logging_config=log_config(settings.log_format, level),
-                 quiet=settings.log_format == "json").execute_from_commandline()
+    worker = faust.Worker(app, loglevel=loglevel,
+                          logging_config=log_config(settings.log_format, level),
+                          quiet=settings.log_format == "json")
+    if slot:
+        log.info("agents: user state in %s", slot.path)
+    worker.execute_from_commandline()

@@ -131,11 +131,9 @@ class Settings(BaseSettings):
         "partition's changelog into their store, so a takeover reads only the tail (1 in the "
         "compose and Kubernetes manifests; the embedded stack runs one worker)."
     )
-    agents_rocksdb_cache_mb: int = Field(
-        16, ge=1, description="RocksDB block cache per changelog partition a worker holds."
-    )
-    agents_rocksdb_write_buffer_mb: int = Field(
-        8, ge=1, description="RocksDB memtable size per partition (two at most)."
+    agents_rocksdb_memory_mb: int = Field(
+        64, ge=8, description="A worker's RocksDB memory, whatever the partitions it holds: "
+        "one block cache for all its partitions' databases, their memtables charged to it."
     )
     agents_batch_max: int = Field(
         2_000, description="Messages per agent batch (a gateway message holds up to a request's "

@@ -1,0 +1,196 @@
+"""The agents' local store of the ``user-state`` table: where it lives, and how the agent
+reads and writes it without Faust's per-write changelog path.
+
+Layout: ``SLUICE_DATA_DIR/agents/<app id>/<slot>/`` is one worker's Faust data directory
+(Faust adds ``v1/tables/user-state-<partition>.db``, one RocksDB per changelog partition).
+A worker claims the first slot no live worker holds (an exclusive ``flock`` kept for its
+lifetime), so several workers can share one data directory and a restarted worker finds
+its own store again. The store is a cache of the changelog topic, which stays the source of
+truth: each partition's database keeps the offset of the last changelog record it holds,
+and Faust's recovery reads the changelog only from there (see :class:`LocalStates`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from services.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+def app_dir(settings: Settings) -> Path:
+    """Every slot of this app id (the changelog topic is named after it: another app id
+    is another table, whose offsets mean nothing here)."""
+    return settings.data_dir / "agents" / settings.agents_app_id
+
+
+class Slot:
+    """A worker's claim on one data directory under :func:`app_dir`; released when the
+    process exits (the kernel drops the lock, even on SIGKILL)."""
+
+    def __init__(self, path: Path, lock: BinaryIO) -> None:
+        self.path, self._lock = path, lock
+
+    @classmethod
+    def claim(cls, settings: Settings) -> Slot:
+        root = app_dir(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            path = root / str(n)
+            path.mkdir(exist_ok=True)
+            lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - held for the process' life
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                n += 1
+                continue
+            return cls(path, lock)
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+def reset_local_state(settings: Settings) -> int:
+    """Delete the local stores of this app id that no live worker holds; returns how many.
+    For a changelog that started over (the embedded broker keeps nothing across restarts):
+    a store's offsets would point into a log that no longer exists."""
+    root = app_dir(settings)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        with open(path / LOCK_NAME, "ab") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("agents store %s is in use by a running worker: kept", path)
+                continue
+            shutil.rmtree(path)
+            removed += 1
+    return removed
+
+
+def store_bytes(settings: Settings) -> int:
+    """Bytes on disk under :func:`app_dir` (every slot)."""
+    total = 0
+    for dirpath, _, files in os.walk(app_dir(settings)):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass  # RocksDB removed it meanwhile (compaction)
+    return total
+
+
+MIB = 1024 * 1024
+
+
+def worker_rocksdb_options(settings: Settings) -> Any:
+    """RocksDB options for every partition database of this worker, within one memory budget
+    (``SLUICE_AGENTS_ROCKSDB_MEMORY_MB``): one block cache for them all, and their memtables
+    charged to it. Faust's defaults are per database (one per partition): 3 x 64 MiB
+    memtables and a 2 GiB block cache each, so a worker's memory would grow with the
+    partitions it holds."""
+    import rocksdict
+    from faust.stores.rocksdb import RocksDBOptions
+
+    budget = settings.agents_rocksdb_memory_mb * MIB
+    cache = rocksdict.Cache(budget)
+    memtables = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+        budget // 2, False, cache)
+
+    class SharedBudget(RocksDBOptions):
+        def as_options(self) -> Any:
+            options = super().as_options()  # Faust's, with a table factory of its own cache:
+            table = rocksdict.BlockBasedOptions()  # replaced by one on the shared cache
+            table.set_bloom_filter(self.bloom_filter_size, True)
+            table.set_block_cache(cache)
+            table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+            options.set_block_based_table_factory(table)
+            options.set_write_buffer_manager(memtables)
+            return options
+
+    options = SharedBudget(write_buffer_size=max(MIB, min(8 * MIB, budget // 8)),
+                           max_write_buffer_number=2, block_cache_size=MIB,
+                           use_rocksdict=True)
+    options.cache, options.memtables = cache, memtables  # type: ignore[attr-defined]
+    return options
+
+
+class LocalStates:
+    """The agent's access to the ``user-state`` table's local store, by changelog partition
+    (= the source partition of the user's events).
+
+    Writes land only after the changelog acked them (:meth:`commit`): a store that ran ahead
+    of the changelog would, after a crash, skip the replayed events as applied and never
+    publish their state. Each partition's records and the changelog offset of the last of
+    them go in one RocksDB write batch, so the persisted offset (Faust's ``offset_key``, from
+    which its recovery reads the changelog) never claims a record the store does not hold.
+    A record read again from the changelog on recovery is written once more: harmless.
+
+    With ``memory://`` (``SLUICE_AGENTS_STORE=memory``) the table is the store's dict and no
+    offset is kept: a restarted worker reads the whole changelog, as Faust does."""
+
+    def __init__(self, table: Any, settings: Settings) -> None:
+        self.table = table
+        self.store = table.data  # Faust's store: faust.stores.rocksdb.Store or memory.Store
+        self.on_disk = settings.agents_store == "rocksdb"
+        if self.on_disk:
+            import rocksdict
+
+            # before any partition's database opens (on assignment)
+            self.store.rocksdb_options = worker_rocksdb_options(settings)
+            self._write_batch = lambda: rocksdict.WriteBatch(raw_mode=True)
+            self._offset_key: bytes = self.store.offset_key
+
+    def _db(self, partition: int) -> Any:
+        # Faust's own per-partition handle (opened on assignment, or now); private API of
+        # faust.stores.rocksdb.Store, pinned by faust-streaming<0.16 in pyproject.toml
+        return self.store._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        if self.on_disk:
+            value: bytes | None = self._db(partition).get(key)
+            return value
+        return self.store.get(key)  # type: ignore[no-any-return]
+
+    def commit(self, written: Sequence[tuple[int, bytes, bytes]],
+               positions: Sequence[tuple[int, int]]) -> None:
+        """``written``: (partition, key, value) as published; ``positions``: where the
+        changelog put each, (partition, offset), in the same order."""
+        if not self.on_disk:
+            for _, key, value in written:
+                self.store[key] = value
+            return
+        batches: dict[int, Any] = defaultdict(self._write_batch)
+        last: dict[int, int] = {}
+        for (_, key, value), (partition, offset) in zip(written, positions, strict=True):
+            batches[partition].put(key, value)
+            last[partition] = max(offset, last.get(partition, -1))
+        for partition, batch in batches.items():
+            batch.put(self._offset_key, str(last[partition]).encode())
+            self._db(partition).write(batch)
+
+    def users(self, partitions: Iterable[int]) -> int:
+        """User records held for ``partitions`` (RocksDB: its estimate of the keys, less
+        the offset key; cheap, and high until compaction drops overwritten records)."""
+        if not self.on_disk:
+            return len(self.store)
+        total = 0
+        for partition in partitions:
+            db = self.store._dbs.get(partition)
+            if db is not None:
+                total += max(0, (db.property_int_value("rocksdb.estimate-num-keys") or 0) - 1)
+        return total

@@ -1,0 +1,76 @@
+"""The agents' local store (streams.store) on a real RocksDB, without a broker."""
+
+from pathlib import Path
+
+import pytest
+from faust.types import TP
+
+from services.shared.settings import Settings
+from streams.app import create_app
+from streams.store import LocalStates, Slot, app_dir, reset_local_state, store_bytes
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, agents_app_id="agents-test")
+
+
+def test_each_worker_claims_its_own_slot_and_a_released_one_is_claimed_again(
+    settings: Settings,
+) -> None:
+    first, second = Slot.claim(settings), Slot.claim(settings)
+    assert (first.path.name, second.path.name) == ("0", "1")
+    assert first.path.parent == app_dir(settings) == settings.data_dir / "agents" / "agents-test"
+    first.release()  # the worker of slot 0 died: its restart gets its own store back
+    again = Slot.claim(settings)
+    assert again.path == first.path
+    again.release()
+    second.release()
+
+
+def test_reset_removes_only_the_stores_no_live_worker_holds(settings: Settings) -> None:
+    held, free = Slot.claim(settings), Slot.claim(settings)
+    (free.path / "x").write_bytes(b"1" * 100)
+    free.release()
+    assert store_bytes(settings) == 100
+    assert reset_local_state(settings) == 1
+    assert held.path.is_dir() and not free.path.exists()
+    held.release()
+    assert reset_local_state(settings) == 1 and store_bytes(settings) == 0
+
+
+def _states(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[LocalStates, object]:
+    monkeypatch.setattr("streams.app.Publisher", lambda _settings: None)  # no broker here
+    app = create_app(settings)
+    table = app.tables["user-state"]
+    return LocalStates(table, settings), table
+
+
+def test_a_commit_writes_the_records_and_the_changelog_offset_faust_recovers_from(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    states, table = _states(settings, monkeypatch)
+    assert states.get(1, b"shop\x00u1") is None
+    states.commit([(1, b"shop\x00u1", b"v1"), (2, b"shop\x00u2", b"v2"), (1, b"shop\x00u3", b"v3")],
+                  [(1, 40), (2, 7), (1, 41)])
+    assert states.get(1, b"shop\x00u1") == b"v1" and states.get(2, b"shop\x00u2") == b"v2"
+    assert states.get(2, b"shop\x00u1") is None  # each user is in its partition's database
+    changelog = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+    store = table.data  # type: ignore[attr-defined]
+    assert store.persisted_offset(TP(changelog, 1)) == 41
+    assert store.persisted_offset(TP(changelog, 2)) == 7
+    assert store.persisted_offset(TP(changelog, 0)) is None  # nothing: recover it all
+    assert states.users([1, 2]) == 3
+    assert store.rocksdb_options.memtables.get_usage() > 0  # charged to the worker's budget
+    assert store_bytes(settings) > 0
+
+
+def test_memory_keeps_records_without_offsets(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.agents_store = "memory"
+    states, table = _states(settings, monkeypatch)
+    states.commit([(1, b"k", b"v")], [(1, 5)])
+    assert states.get(1, b"k") == b"v" and states.users([1]) == 1
+    changelog = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+    assert table.data.persisted_offset(TP(changelog, 1)) is None  # type: ignore[attr-defined]

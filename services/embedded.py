@@ -61,6 +61,7 @@ from services.shared.processes import port_taken, tied_to_this_process, who_list
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
+from streams.store import reset_local_state
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ class Supervisor:
         elif rebuilt.events or rebuilt.assets:
             console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
                           f"{rebuilt.assets} assets from ClickHouse")
+        if self.broker:
+            # the agents' local stores hold offsets into the previous broker's changelog,
+            # which is gone: the new worker recovers the rebuilt state from the new one
+            reset_local_state(settings)
         self._start_agents()
         self._start_sink()
         base = f"http://{settings.http_host}:{settings.http_port}"

@@ -1,0 +1,126 @@
+"""The agents' user state on disk (RocksDB under SLUICE_DATA_DIR), with real `sluice agents`
+worker processes on Tansu: a restarted worker keeps what its store holds, reads only the
+changelog's tail, and counts no event twice."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Producer
+from fastapi.testclient import TestClient
+
+from services.shared.events import message_key
+from services.shared.kafka import producer_config
+from services.shared.settings import Settings
+from services.shared.users import UserRecord
+from streams.store import app_dir
+from tests.integration.conftest import Agents, event, read_topic, wait_for
+
+H = {"program-id": "shop"}
+T0 = "2026-11-13T10:00:00Z"  # one half-life (7 days) before T1: counts half at T1
+T1 = "2026-11-20T10:00:00Z"
+
+
+def post(client: TestClient, users: list[str], label: str, ts: str, queue_updates: str) -> None:
+    """One click per user, in requests of up to 1000 events."""
+    for i in range(0, len(users), 1000):
+        batch = [event(u, "a1", event_type="click", labels=[label], event_timestamp=ts)
+                 for u in users[i:i + 1000]]
+        response = client.post(f"/events?queue_updates={queue_updates}",
+                               json={"events": batch}, headers=H)
+        assert response.status_code == 200, response.text
+
+
+def record(client: TestClient, user: str) -> dict:
+    response = client.get(f"/users/{user}/label-weights", headers=H)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_state_survives_a_sigkill_of_the_only_worker_and_counts_nothing_twice(
+    settings: Settings, pipeline: TestClient, agents: Agents
+) -> None:
+    """Round 0 is applied, the only worker is SIGKILLed (its source offsets are most likely
+    not committed yet: Faust commits every 2.8 s, so the restart reads round 0 again) and
+    restarted on its own store; round 1 lands on top: every user counts each event once."""
+    users = [f"user{i}" for i in range(300)]
+    first = agents.start()
+    post(pipeline, users, "r0", T0, "false")  # answered once the worker applied it
+    before = agents.stats(first)
+    assert before["users_written"] == len(users) and before["changelog_recovered"] == 0
+    agents.kill(first)
+    slot = app_dir(settings) / "0"
+    assert list(slot.glob("v1/tables/user-state-*.db")), "the table is on disk under the data dir"
+
+    again = agents.start()  # waits until it joined the group and owns the partitions
+    post(pipeline, users, "r1", T1, "true")
+    wait_for(lambda: agents.stats(again)["users_written"] >= len(users), timeout_s=60)
+    for user in users:
+        got = record(pipeline, user)
+        assert got["events"] == 2, (user, got)
+        weights = {w["label"]: w["weight"] for w in got["label_weights"]}
+        assert weights == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}  # 2, and 2 halved
+    # its own store, found again: nothing of round 0 read back from the changelog
+    assert agents.stats(again)["changelog_recovered"] <= 4  # at most a record per partition
+
+
+def test_a_restarted_worker_reads_only_the_changelog_written_since_its_store(
+    settings: Settings, pipeline: TestClient, agents: Agents
+) -> None:
+    """A worker's store holds 2,000 users; while it is down, 40 records reach the changelog
+    (as from `sluice rebuild-state`, or from a worker that held its partitions meanwhile).
+    The restarted worker reads those 40 and nothing before them, and goes on from them."""
+    users = [f"user{i}" for i in range(2000)]
+    first = agents.start()
+    post(pipeline, users, "r0", T1, "false")
+    agents.kill(first)
+    total = len(read_topic(settings.bootstrap, settings.topic_user_state, at_least=len(users)))
+    assert total >= len(users)
+
+    # the tail: 40 users' records as another writer leaves them, 10 events more each
+    producer = Producer(producer_config(settings))
+    tail = users[:40]
+    for message in read_topic(settings.bootstrap, settings.topic_user_state, at_least=total):
+        current = UserRecord.decode(message.value())
+        if current.user_id in tail:
+            current.events += 10
+            current.state.weights["tail"] = 1.0
+            producer.produce(settings.topic_user_state, current.encode(),
+                             message_key("shop", current.user_id), partition=message.partition())
+    assert producer.flush(10) == 0
+
+    again = agents.start()
+    # Faust applies what it read when its recovery ends (or per 1,000 records)
+    wait_for(lambda: agents.stats(again)["changelog_recovered"] >= len(tail), timeout_s=60)
+    recovered = agents.stats(again)["changelog_recovered"]
+    assert recovered <= len(tail) + 4, (recovered, total)  # + at most the seek's own record
+    post(pipeline, tail + users[-10:], "r1", T1, "false")
+    for user in tail:  # went on from the tail's record
+        got = record(pipeline, user)
+        assert got["events"] == 12, user
+        assert {w["label"] for w in got["label_weights"]} == {"r0", "r1", "tail"}
+    for user in users[-10:]:  # and from its own store's
+        assert record(pipeline, user)["events"] == 2, user
+
+
+def test_recovery_reads_to_the_end_offset_a_fetch_reports(settings: Settings) -> None:
+    """Tansu's ListOffsets answers the last record batch's base offset + 1, so Faust's
+    recovery alone would stop at the first record of a partition's last batch."""
+    import asyncio
+
+    from confluent_kafka import Consumer, TopicPartition
+    from faust.types import TP
+
+    from services.shared.kafka import ensure_topics
+    from services.shared.publish import Publisher
+    from streams.recovery import fetched_ends
+
+    ensure_topics(settings)
+    publisher = Publisher(settings)
+    asyncio.run(publisher.publish([(b"k", b"v")] * 12, partitions=[0] * 12))  # one batch
+    publisher.close()
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "unused"})
+    _, listed = consumer.get_watermark_offsets(TopicPartition(settings.topic_events, 0))
+    consumer.close()
+    assert 1 <= listed <= 12  # 1 on Tansu; 12 on Kafka
+    tp, empty = TP(settings.topic_events, 0), TP(settings.topic_events, 1)
+    assert fetched_ends(settings.bootstrap, {tp: listed, empty: 0}) == {tp: 12}

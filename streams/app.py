@@ -177,6 +177,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         ):
             written: list[tuple[bytes, bytes]] = []
             partitions: list[int] = []
+            new: list[bool] = []
             for key, entries in split_by_user(event.message for event in batch).items():
                 partition = entries[-1].partition
                 current = states.get(partition, key)
@@ -189,6 +190,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
                 if apply_messages(record, entries, config_for):
                     written.append((key, record.encode()))
                     partitions.append(partition)
+                    new.append(current is None)
             # a user's state goes to the changelog partition of its events' partition; a
             # broker that is down or stalled pauses the agent here (nothing of the batch is
             # acked, so nothing is committed): it must not crash it, which would stop it
@@ -202,8 +204,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
                         written, topic=settings.topic_user_state, partitions=partitions)
             # only now: a store ahead of its changelog would skip the replayed events after
             # a crash as applied, and their state would never reach the changelog
-            states.commit([(p, k, v) for p, (k, v) in zip(partitions, written, strict=True)],
-                          positions)
+            states.commit([(p, k, v, n) for p, (k, v), n in zip(partitions, written, new,
+                                                                strict=True)], positions)
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
             _observe(batch, states.users(owned_partitions(app)))

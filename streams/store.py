@@ -129,16 +129,21 @@ def worker_rocksdb_options(settings: Settings) -> Any:
     return options
 
 
+COUNT_KEY = b"__sluice\0users__"  # next to Faust's offset key: the users a partition holds
+
+
 class LocalStates:
     """The agent's access to the ``user-state`` table's local store, by changelog partition
     (= the source partition of the user's events).
 
     Writes land only after the changelog acked them (:meth:`commit`): a store that ran ahead
     of the changelog would, after a crash, skip the replayed events as applied and never
-    publish their state. Each partition's records and the changelog offset of the last of
-    them go in one RocksDB write batch, so the persisted offset (Faust's ``offset_key``, from
-    which its recovery reads the changelog) never claims a record the store does not hold.
-    A record read again from the changelog on recovery is written once more: harmless.
+    publish their state. Each partition's records, its user count and the changelog offset
+    of the last of them go in one RocksDB write batch, so the persisted offset (Faust's
+    ``offset_key``, from which its recovery reads the changelog) never claims a record the
+    store does not hold. Faust's recovery and standby writes (``apply_changelog_batch``)
+    are replaced by the same kind of batch. A record read again from the changelog on
+    recovery is written once more: harmless.
 
     With ``memory://`` (``SLUICE_AGENTS_STORE=memory``) the table is the store's dict and no
     offset is kept: a restarted worker reads the whole changelog, as Faust does."""
@@ -154,6 +159,7 @@ class LocalStates:
             self.store.rocksdb_options = worker_rocksdb_options(settings)
             self._write_batch = lambda: rocksdict.WriteBatch(raw_mode=True)
             self._offset_key: bytes = self.store.offset_key
+            self.store.apply_changelog_batch = self._apply_changelog_batch
 
     def _db(self, partition: int) -> Any:
         # Faust's own per-partition handle (opened on assignment, or now); private API of
@@ -166,31 +172,63 @@ class LocalStates:
             return value
         return self.store.get(key)  # type: ignore[no-any-return]
 
-    def commit(self, written: Sequence[tuple[int, bytes, bytes]],
+    def commit(self, written: Sequence[tuple[int, bytes, bytes, bool]],
                positions: Sequence[tuple[int, int]]) -> None:
-        """``written``: (partition, key, value) as published; ``positions``: where the
-        changelog put each, (partition, offset), in the same order."""
+        """``written``: (partition, key, value, whether the user is new) as published;
+        ``positions``: where the changelog put each, (partition, offset), in that order."""
         if not self.on_disk:
-            for _, key, value in written:
+            for _, key, value, _ in written:
                 self.store[key] = value
             return
         batches: dict[int, Any] = defaultdict(self._write_batch)
         last: dict[int, int] = {}
-        for (_, key, value), (partition, offset) in zip(written, positions, strict=True):
+        added: dict[int, int] = defaultdict(int)
+        for (_, key, value, new), (partition, offset) in zip(written, positions, strict=True):
             batches[partition].put(key, value)
             last[partition] = max(offset, last.get(partition, -1))
+            added[partition] += new
+        self._write(batches, last, added)
+
+    def _apply_changelog_batch(self, batch: Iterable[Any], to_key: Any = None,
+                               to_value: Any = None) -> None:
+        """Faust's recovery and standby path: changelog records -> the store, each
+        partition's in one batch with its user count and offset."""
+        batches: dict[int, Any] = defaultdict(self._write_batch)
+        last: dict[int, int] = {}
+        added: dict[int, int] = defaultdict(int)
+        fresh: dict[int, set[bytes]] = defaultdict(set)  # new keys of this batch
+        for event in batch:
+            message = event.message
+            partition, key = message.partition, message.key
+            last[partition] = max(message.offset, last.get(partition, -1))
+            known = key in fresh[partition] or self._db(partition).get(key) is not None
+            if message.value is None:  # a tombstone (Sluice writes none)
+                batches[partition].delete(key)
+                added[partition] -= known
+                fresh[partition].discard(key)
+            else:
+                batches[partition].put(key, message.value)
+                if not known:
+                    added[partition] += 1
+                    fresh[partition].add(key)
+        self._write(batches, last, added)
+
+    def _write(self, batches: dict[int, Any], last: dict[int, int],
+               added: dict[int, int]) -> None:
         for partition, batch in batches.items():
+            if added[partition]:
+                count = self._count(partition) + added[partition]
+                batch.put(COUNT_KEY, str(count).encode())
             batch.put(self._offset_key, str(last[partition]).encode())
             self._db(partition).write(batch)
 
+    def _count(self, partition: int) -> int:
+        raw = self._db(partition).get(COUNT_KEY)
+        return int(raw) if raw is not None else 0
+
     def users(self, partitions: Iterable[int]) -> int:
-        """User records held for ``partitions`` (RocksDB: its estimate of the keys, less
-        the offset key; cheap, and high until compaction drops overwritten records)."""
+        """User records held for ``partitions``."""
         if not self.on_disk:
             return len(self.store)
-        total = 0
-        for partition in partitions:
-            db = self.store._dbs.get(partition)
-            if db is not None:
-                total += max(0, (db.property_int_value("rocksdb.estimate-num-keys") or 0) - 1)
-        return total
+        return sum(self._count(partition) for partition in partitions
+                   if partition in self.store._dbs)

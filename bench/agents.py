@@ -77,8 +77,8 @@ def bench_settings(bootstrap: str, workdir: Path, prefix: str) -> Settings:
 
 
 class AgentsProcess:
-    """``.venv/bin/sluice agents`` with ``settings`` as its environment. Its cwd is
-    ``workdir``: Faust keeps a ``<app id>-data`` directory there."""
+    """``.venv/bin/sluice agents`` with ``settings`` as its environment, in ``workdir``
+    (its user-state store is under ``settings.data_dir/agents``)."""
 
     def __init__(self, settings: Settings, workdir: Path) -> None:
         self.url = f"http://127.0.0.1:{settings.agents_web_port}"

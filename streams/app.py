@@ -103,18 +103,21 @@ def owned_partitions(app: faust.App) -> set[int]:
 
 
 def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) -> None:
-    """Count the changelog records Faust applies to the table's store (recovery of active
-    partitions, standby partitions followed): what a restart cost, on /stats."""
-    apply = table.apply_changelog_batch
+    """Count the changelog records Faust's recovery reads for the table, as it reads them:
+    for active partitions (a restart's or a takeover's cost) or standby ones (on /stats)."""
+    on_event = table.on_changelog_event
+    standbys: dict[int, set[Any]] = {}  # the standby partitions of the current generation
 
-    def counted(batch: list[Any]) -> None:
-        standbys = app.assignor.assigned_standbys()
-        standby = sum(1 for event in batch if event.message.tp in standbys) if standbys else 0
-        stats["changelog_standby"] += standby
-        stats["changelog_recovered"] += len(batch) - standby
-        apply(batch)
+    async def counted(event: Any) -> None:
+        generation = app.consumer_generation_id
+        if generation not in standbys:
+            standbys.clear()
+            standbys[generation] = app.assignor.assigned_standbys()
+        standby = event.message.tp in standbys[generation]
+        stats["changelog_standby" if standby else "changelog_recovered"] += 1
+        await on_event(event)
 
-    table.apply_changelog_batch = counted
+    table.on_changelog_event = counted
 
 
 def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
@@ -157,8 +160,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     )
     states = LocalStates(user_state, settings)
     config_for = ModelConfigs(settings)
-    # changelog_recovered / changelog_standby: changelog records this worker applied to its
-    # store since it started, recovering active partitions / following standby ones
+    # changelog_recovered / changelog_standby: changelog records this worker read since it
+    # started, recovering active partitions / following standby ones
     stats = {"messages": 0, "users_written": 0, "changelog_recovered": 0, "changelog_standby": 0}
     changelog = Publisher(settings)
     _count_changelog_reads(app, user_state, stats)

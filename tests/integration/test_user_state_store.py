@@ -89,7 +89,6 @@ def test_a_restarted_worker_reads_only_the_changelog_written_since_its_store(
     assert producer.flush(10) == 0
 
     again = agents.start()
-    # Faust applies what it read when its recovery ends (or per 1,000 records)
     wait_for(lambda: agents.stats(again)["changelog_recovered"] >= len(tail), timeout_s=60)
     recovered = agents.stats(again)["changelog_recovered"]
     assert recovered <= len(tail) + 4, (recovered, total)  # + at most the seek's own record
@@ -124,3 +123,32 @@ def test_recovery_reads_to_the_end_offset_a_fetch_reports(settings: Settings) ->
     assert 1 <= listed <= 12  # 1 on Tansu; 12 on Kafka
     tp, empty = TP(settings.topic_events, 0), TP(settings.topic_events, 1)
     assert fetched_ends(settings.bootstrap, {tp: listed, empty: 0}) == {tp: 12}
+
+
+def test_with_a_standby_a_takeover_reads_only_the_tail(
+    settings: Settings, pipeline: TestClient, agents: Agents
+) -> None:
+    """SLUICE_AGENTS_STANDBY_REPLICAS=1 with two workers: each follows the other's
+    partitions into its own store; when one is SIGKILLed, the other serves its partitions
+    having read far fewer changelog records than they hold, and counts every event once."""
+    settings.agents_standby_replicas = 1
+    users = [f"user{i}" for i in range(1000)]
+    first, second = agents.start(), agents.start()  # two slots of one data dir
+    wait_for(lambda: agents.stats(first)["partitions"] > 0
+             and agents.stats(second)["partitions"] > 0, timeout_s=90, every_s=0.5)
+    post(pipeline, users, "r0", T0, "false")
+    # the standby copies read them (each worker the other's users; applied per 1,000)
+    wait_for(lambda: agents.stats(first)["changelog_standby"]
+             + agents.stats(second)["changelog_standby"] >= len(users), timeout_s=60)
+    before = agents.stats(first)["changelog_recovered"]
+    agents.kill(second)
+    post(pipeline, users, "r1", T1, "true")
+    wait_for(lambda: all(record(pipeline, u)["events"] >= 2 for u in users[::50]),
+             timeout_s=120, every_s=0.5)
+    for user in users:
+        got = record(pipeline, user)
+        assert got["events"] == 2, (user, got)
+        weights = {w["label"]: w["weight"] for w in got["label_weights"]}
+        assert weights == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}
+    taken_over = agents.stats(first)["changelog_recovered"] - before
+    assert taken_over < len(users) // 4, taken_over  # the other's ~500 users: not re-read

@@ -357,6 +357,18 @@ def measure_sync_acks(url: str, users: list[str], n: int, interval_s: float,
     return acks, errors
 
 
+def gateway_and_agents(bootstrap: str, workdir: Path, prefix: str,
+                       ) -> tuple[Settings, AgentsProcess, GatewayProcess]:
+    """A gateway and one agents worker started on fresh topics (``bench_settings``); the
+    caller waits for them and stops them."""
+    settings = bench_settings(bootstrap, workdir, prefix)
+    ensure_topics(settings)
+    worker = AgentsProcess(settings, workdir)
+    gw = GatewayProcess(bootstrap, settings.topic_events, settings.http_port, workdir,
+                        env=env_for(settings))
+    return settings, worker, gw
+
+
 def run_freshness(bootstrap: str, workdir: Path, iterations: int, events_per_post: int = 10,
                   interval_s: float = 0.06, poll_s: float = 0.002,
                   warmup: int = 3) -> tuple[FreshnessResult, float, float]:
@@ -364,11 +376,7 @@ def run_freshness(bootstrap: str, workdir: Path, iterations: int, events_per_pos
     of both processes (MiB)."""
     workdir = workdir / "freshness"  # its own gateway.log
     workdir.mkdir(exist_ok=True)
-    settings = bench_settings(bootstrap, workdir, "bench-fresh")
-    ensure_topics(settings)
-    worker = AgentsProcess(settings, workdir)
-    gw = GatewayProcess(bootstrap, settings.topic_events, settings.http_port, workdir,
-                        env=env_for(settings))
+    _, worker, gw = gateway_and_agents(bootstrap, workdir, "bench-fresh")
     client: _Client | None = None
     result = FreshnessResult(events_per_post, interval_s * 1000, [], [], [])
     run = uuid.uuid4().hex[:6]

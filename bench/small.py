@@ -24,7 +24,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
 
-from bench.agents import AgentsProcess, bench_settings, env_for
+from bench.agents import gateway_and_agents
 from bench.dialects import (
     crowdpower_body,
     personalize_body,
@@ -175,11 +175,7 @@ def run_agents_lag(bootstrap: str, workdir: Path, seconds: int) -> LagResult:
     /stats count against the topic's end offsets)."""
     workdir = workdir / "lag"
     workdir.mkdir(exist_ok=True)
-    settings = bench_settings(bootstrap, workdir, "lag")
-    ensure_topics(settings)
-    worker = AgentsProcess(settings, workdir)
-    gw = GatewayProcess(bootstrap, settings.topic_events, settings.http_port, workdir,
-                        env=env_for(settings))
+    settings, worker, gw = gateway_and_agents(bootstrap, workdir, "lag")
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-lag-reader"})
     try:
         worker.wait_serving()

@@ -48,6 +48,7 @@ import urllib.request
 from types import FrameType
 
 import uvicorn
+from confluent_kafka import KafkaException
 from fastapi import FastAPI
 from rich.console import Console
 
@@ -56,6 +57,7 @@ from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
+from services.shared.lag import group_lag, offsets_reader
 from services.shared.logs import log_config
 from services.shared.processes import port_taken, tied_to_this_process, who_listens
 from services.shared.settings import Settings
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 
 AGENTS_BACKOFF_MAX_S = 30.0
 STOP_WAIT_S = 60.0  # for the gateway's and the sink's threads, each
+DRAIN_WAIT_S = 30.0  # for the sink to consume what the broker holds before it stops
 
 
 def run_embedded(settings: Settings) -> None:
@@ -280,6 +283,7 @@ class Supervisor:
         if self.sink and self.sink_thread:
             if not broker_died:
                 self.console.print("stopping: draining the sink into ClickHouse...")
+                self._wait_sink_caught_up()
             self.sink.stop()
             self.sink_thread.join(STOP_WAIT_S)
             if self.sink_thread.is_alive():
@@ -289,6 +293,29 @@ class Supervisor:
             log.info("sink stopped in %.1f s", time.monotonic() - began)
         self.sink = self.sink_thread = None
         self._stop_agents(kill=False)
+
+    def _wait_sink_caught_up(self) -> None:
+        """Before the sink stops: let it consume what the broker holds (its group's lag to
+        zero, within DRAIN_WAIT_S). Its stop writes only what it fetched, and the next start
+        brings a fresh broker: a sink still rejoining its group after a broker stall would
+        otherwise leave acked events behind."""
+        topics = [self.settings.topic_events, self.settings.topic_assets]
+        reader = offsets_reader(self.settings.bootstrap, self.settings.sink_group)
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    behind = sum(p.lag for p in group_lag(reader, self.settings.sink_group, topics))
+                except KafkaException:
+                    return  # the broker does not answer: nothing more can be fetched
+                if behind == 0:
+                    # Tansu's end offsets may trail a batch: one more batch window
+                    time.sleep(self.settings.sink_batch_seconds + 0.1)
+                    return
+                time.sleep(0.1)
+            log.error("the sink did not catch up within %.0f s; stopping it anyway", DRAIN_WAIT_S)
+        finally:
+            reader.close()
 
     def _stop_agents(self, kill: bool) -> None:
         if self.agents is None:

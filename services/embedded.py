@@ -271,7 +271,7 @@ class Supervisor:
                     reason = "the embedded broker died"  # may never come: retry them
                     gateway.publisher.abandon(reason)
                     gateway.progress.abandon(reason)
-                    gateway.views.abandon(reason)
+                    gateway.user_states.abandon(reason)
         began = time.monotonic()
         if self.server and self.server_thread:
             self.server.should_exit = True

@@ -11,7 +11,7 @@ Messages are consumed as raw bytes and processed in batches (``take_events``): o
 and one write of the table per user per batch. A user's state is written to the changelog
 partition of the source partition its events came from (the murmur2 partition of its
 key, see services.shared.events): whoever owns a source partition recovers exactly the
-states of its users.
+states of its users, and answers the gateways' reads of them (streams.reads).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
+from streams.reads import OwnedReads
+from streams.reads import install as install_reads
 from streams.recovery import check_highwaters
 from streams.store import LocalStates, app_dir
 from streams.update import apply_messages, split_by_user
@@ -141,8 +143,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         web_enabled=settings.agents_web_port != 0,
         web_port=settings.agents_web_port,
         web_bind=settings.http_host,
+        canonical_url=settings.agents_advertised_url,  # the owner map names workers by it
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=6.0,
+        broker_session_timeout=settings.agents_session_timeout_s,
         broker_heartbeat_interval=0.5,
         broker_max_poll_records=settings.agents_batch_max,
         consumer_max_fetch_size=16 * 1024 * 1024,
@@ -159,6 +162,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         partitions=settings.events_partitions, use_partitioner=True,
     )
     states = LocalStates(user_state, settings)
+    reads = OwnedReads(app, states, settings.topic_user_state)
+    install_reads(app, reads)
     config_for = ModelConfigs(settings)
     # changelog_recovered / changelog_standby: changelog records this worker read since it
     # started, recovering active partitions / following standby ones
@@ -209,14 +214,21 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             # a crash as applied, and their state would never reach the changelog
             states.commit([(p, k, v, n) for p, (k, v), n in zip(partitions, written, new,
                                                                 strict=True)], positions)
+            newest: dict[int, int] = {}
+            for event in batch:
+                message = event.message
+                newest[message.partition] = max(message.offset, newest.get(message.partition, -1))
+            reads.on_committed(newest)  # queue_updates=false waiters, answered by the owner
             stats["users_written"] += len(written)
             stats["messages"] += len(batch)
             _observe(batch, states.users(owned_partitions(app)))
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:
-        # partitions: the source partitions this worker owns now (0 until it joined)
-        return web.json(stats | {"partitions": len(app.assignor.assigned_actives())})
+        # partitions: the source partitions this worker owns now (0 until it joined);
+        # serving: those it has recovered and answers reads for
+        return web.json(stats | {"partitions": len(owned_partitions(app)),
+                                 "serving": len(reads.serving)})
 
     LAG.watch(settings.bootstrap, settings.agents_app_id, [settings.topic_events])
 

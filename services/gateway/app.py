@@ -88,6 +88,7 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
             yield
         finally:
             gw.views.stop()
+            await gw.user_states.close()
             app.state.live.stop()
             gw.progress.stop()
             await gw.group_commit.drain()

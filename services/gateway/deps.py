@@ -12,6 +12,7 @@ from services.gateway.group_commit import GroupCommit
 from services.gateway.keys import KeyRing
 from services.gateway.popularity import Popularities
 from services.gateway.progress import GroupProgress
+from services.gateway.user_states import UserStates
 from services.gateway.views import Views
 from services.shared.clickhouse import Store
 from services.shared.publish import Publisher
@@ -26,16 +27,18 @@ class Gateway:
     settings: Settings
     publisher: Publisher
     store: Store | None  # None: embedded ClickHouse owned by another process
-    views: Views
+    views: Views  # the asset catalog
     progress: GroupProgress
     keys: KeyRing | None = None  # None: open (no keys file, or SLUICE_AUTH=off)
     group_commit: GroupCommit = field(init=False)  # events go through it, in windows
     popularity: Popularities = field(init=False)
+    user_states: UserStates = field(init=False)  # read from the agents that own them
     model_configs: ModelConfigs = field(init=False)
 
     def __post_init__(self) -> None:
         self.group_commit = GroupCommit(self.publisher)
         self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
+        self.user_states = UserStates(self.settings, self.publisher.partition_count)
         self.model_configs = ModelConfigs(self.settings)
 
 

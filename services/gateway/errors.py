@@ -2,7 +2,8 @@
 
 422: the request is invalid (FastAPI's ``detail`` list, as the ActionHub contract has it).
 413: the body is larger than ``max_body_bytes``. 503 + Retry-After: the broker (or the
-store, for reads) is not available; nothing was acknowledged, retrying is safe.
+store or the agents' user state, for reads) is not available; nothing was acknowledged,
+retrying is safe.
 504: queue_updates=false and user state did not catch up in time; the events are durable.
 202 + receipt: ``wait=user|stored`` did not reach that level within SLUICE_WAIT_TIMEOUT_S;
 the events are durable at the broker and the receipt says when they reach it.
@@ -43,6 +44,11 @@ class StoreUnavailable(Exception):
     """ClickHouse cannot answer a read (down, or embedded and owned by another process)."""
 
 
+class StateUnavailable(Exception):
+    """No agents worker answered for the user's partition in time (a rebalance moves it, or
+    its worker is down): never an empty state passed off as the user's."""
+
+
 def invalid(loc: list[Any], msg: str, type_: str) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": msg, "type": type_}])
 
@@ -81,6 +87,12 @@ def install(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(StillPending)
     async def _pending(_: Request, exc: StillPending) -> JSONResponse:
         return JSONResponse({"receipt": exc.receipt, "status": "pending"}, status_code=202)
+
+    @app.exception_handler(StateUnavailable)
+    async def _state(_: Request, exc: StateUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after_s)}
+        )
 
     @app.exception_handler(StoreUnavailable)
     async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -95,7 +95,7 @@ async def ingest(
             for user, partition in partition_of.items()
         }
         timeout_s = gateway.settings.wait_timeout_s if wait else gateway.settings.update_timeout_s
-        if not await gateway.views.wait_applied(targets, timeout_s):
+        if not await gateway.user_states.wait_applied(targets, timeout_s):
             if wait is None:
                 raise UpdateTimeout(len(events), timeout_s)
             raise StillPending(Receipt(program_id, "user", highest_offsets(positions)).encode())

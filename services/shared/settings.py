@@ -6,6 +6,7 @@ Built once per process (``Settings()``) and passed down, so tests build their ow
 from __future__ import annotations
 
 from pathlib import Path
+from socket import gethostname
 from typing import Literal
 
 from pydantic import Field
@@ -120,7 +121,24 @@ class Settings(BaseSettings):
 
     # --- Stream agents and user state ---------------------------------------------------
     agents_app_id: str = Field("sluice-agents", description="Faust app id = consumer group.")
-    agents_web_port: int = 6066
+    agents_web_port: int = Field(
+        6066, description="A worker's HTTP port: stats, metrics, and the user reads gateways "
+        "send to the worker that owns a user's partition (0: off, and no reads)."
+    )
+    agents_url: str | None = Field(
+        None, description="The URL other processes reach this worker's web port at (gateways "
+        "read user state there); default http://<http_host>:<agents_web_port>. In Kubernetes: "
+        "the pod's address."
+    )
+    agents_urls: str | None = Field(
+        None, description="Gateways: comma-separated URLs of one or more agents workers (or a "
+        "Service in front of them), asked which worker owns which partition; the answer names "
+        "the others. Default http://<http_host>:<agents_web_port>."
+    )
+    agents_read_timeout_s: float = Field(
+        2.0, gt=0, description="Gateways: how long a read of user state waits for its owner "
+        "before answering 503 with Retry-After."
+    )
     agents_store: Literal["rocksdb", "memory"] = Field(
         "rocksdb", description="Where a worker keeps the user-state table: rocksdb: on disk "
         "under data_dir/agents/<app id>/<slot> (state may exceed memory; a restart reads only "
@@ -134,6 +152,11 @@ class Settings(BaseSettings):
     agents_rocksdb_memory_mb: int = Field(
         64, ge=8, description="A worker's RocksDB memory, whatever the partitions it holds: "
         "one block cache for all its partitions' databases, their memtables charged to it."
+    )
+    agents_session_timeout_s: float = Field(
+        6.0, gt=0, description="How long the group waits for a worker that stopped "
+        "heartbeating (SIGKILL, a frozen host) before its partitions move: the floor of a "
+        "takeover, and of a killed worker's own restart."
     )
     agents_batch_max: int = Field(
         2_000, description="Messages per agent batch (a gateway message holds up to a request's "
@@ -171,6 +194,21 @@ class Settings(BaseSettings):
     def topic_user_state(self) -> str:
         """The Faust table's changelog: compacted, one record per user, followed by gateways."""
         return f"{self.agents_app_id}-user-state-changelog"
+
+    @property
+    def agents_advertised_url(self) -> str:
+        """Where this worker is reached (Faust's canonical URL: the owner map names it).
+        Bound to every interface: the host's name (a container's, in compose)."""
+        if self.agents_url:
+            return self.agents_url.rstrip("/")
+        host = self.http_host if self.http_host not in ("0.0.0.0", "::", "") else gethostname()
+        return f"http://{host}:{self.agents_web_port}"
+
+    @property
+    def agents_seed_urls(self) -> list[str]:
+        """Where a gateway first asks for the owner map."""
+        raw = self.agents_urls or f"http://{self.http_host}:{self.agents_web_port}"
+        return [url.strip().rstrip("/") for url in raw.split(",") if url.strip()]
 
     @property
     def bootstrap(self) -> str:

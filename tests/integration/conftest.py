@@ -247,7 +247,11 @@ class Agents:
         self.workers: list[tuple[subprocess.Popen[bytes], int]] = []
 
     def start(self) -> int:
-        port = free_port() if self.workers else self.settings.agents_web_port
+        # the gateways' seed (settings.agents_web_port) goes to the first live worker, as a
+        # restarted worker keeps its address in production; others get ports of their own
+        seed = self.settings.agents_web_port
+        seed_taken = any(p == seed and proc.poll() is None for proc, p in self.workers)
+        port = free_port() if seed_taken else seed
         env = env_for(self.settings) | {"SLUICE_AGENTS_WEB_PORT": str(port)}
         with open(self.log_dir / f"agents-{len(self.workers)}.log", "ab") as log:
             proc = subprocess.Popen(
@@ -260,7 +264,7 @@ class Agents:
         if alone:  # the only live worker owns every partition once it joined the group
             # (a restart too: a fresh-clone run once posted to a restarted worker before it
             # had joined and recovered, and that worker took nothing for 30 s)
-            wait_for(lambda: self.stats(index)["partitions"] > 0, timeout_s=60)
+            wait_for(lambda: self.stats(index)["serving"] > 0, timeout_s=60)
         return index
 
     def stats(self, i: int) -> dict:

@@ -18,7 +18,7 @@ from services.gateway.app import create_app
 from services.gateway.keys import KeyRing
 from services.shared.clickhouse import Store
 from services.shared.settings import Settings
-from tests.integration.conftest import event, running_sink, wait_for
+from tests.integration.conftest import Agents, event, running_sink, wait_for
 
 PROGRAM = "shop"
 ASSETS = {"assets": [{"asset_id": "a1", "labels": ["red"]}]}
@@ -73,7 +73,9 @@ def secured(settings: Settings, store: Store) -> Iterator[Secured]:
         yield Secured(client, keys, store)
 
 
-def test_keys_of_the_program_with_the_right_scope_work_end_to_end(secured: Secured) -> None:
+def test_keys_of_the_program_with_the_right_scope_work_end_to_end(secured: Secured,
+                                                                   agents: Agents) -> None:
+    agents.start()  # user reads are answered by the agents
     c, k = secured.client, secured.keys
     assert c.put("/assets", json=ASSETS, headers=bearer(k.write)).status_code == 200
     posted = c.post("/events?queue_updates=true", json={"events": [event("u1", "a1")]},

@@ -153,7 +153,8 @@ def test_user_state_late_is_504_events_durable(gateway: TestClient, state_late: 
 
 
 # -- the user's session ----------------------------------------------------------------
-def test_unknown_user_has_no_session(gateway: TestClient) -> None:
+def test_unknown_user_has_no_session(gateway: TestClient, agents: Agents) -> None:
+    agents.start()  # the owner of the user's partition says it has no state
     empty = {"user_id": "nobody", "events": 0, "sessions": 0, "session_started": None,
              "last_seen": None}
     crowd = gateway.get("/compat/crowdpower/users/nobody", headers=H)
@@ -215,7 +216,9 @@ def test_api_keys_are_required_to_write_and_refused_in_the_envelope(
     assert_ok(keyed.post(url, json=body, headers=auth(tokens["write"])))
 
 
-def test_api_keys_are_required_to_read_the_user(keyed: TestClient, tokens: dict[str, str]) -> None:
+def test_api_keys_are_required_to_read_the_user(keyed: TestClient, tokens: dict[str, str],
+                                                agents: Agents) -> None:
+    agents.start()
     url = "/compat/crowdpower/users/cust-1"
     assert_error(keyed.get(url, headers=auth(None)), 401)
     assert "'write' key" in assert_error(keyed.get(url, headers=auth(tokens["write"])), 403)["message"]

@@ -91,7 +91,8 @@ def post(base: str, n: int = 1, label: str = "a", queue_updates: bool = False,
 
 def weights(base: str) -> dict[str, float]:
     got = httpx.get(f"{base}/users/u1/label-weights", headers=H, timeout=5)
-    if got.status_code == 404:  # no state yet
+    if got.status_code == 503:  # its worker is down or recovering: nothing to read yet
+        assert got.headers["retry-after"]
         return {}
     return {w["label"]: w["weight"] for w in got.json()["label_weights"]}
 

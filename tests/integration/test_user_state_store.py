@@ -31,7 +31,11 @@ def post(client: TestClient, users: list[str], label: str, ts: str, queue_update
 
 
 def record(client: TestClient, user: str) -> dict:
+    """The user's label weights; ``events`` -1 while its partition is being taken over (a
+    503 with Retry-After, never an empty state)."""
     response = client.get(f"/users/{user}/label-weights", headers=H)
+    if response.status_code == 503 and response.headers.get("retry-after"):
+        return {"events": -1}
     assert response.status_code == 200
     return response.json()
 

@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from services.gateway.auth import BEARER, AuthError, check_bearer
 from services.gateway.deps import GatewayDep
-from services.gateway.errors import PayloadTooLarge, UpdateTimeout
+from services.gateway.errors import PayloadTooLarge, StateUnavailable, UpdateTimeout
 from services.shared.publish import BrokerUnavailable
 
 
@@ -59,6 +59,8 @@ def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
             return shape(413, f"request body larger than {exc.limit} bytes")
         if isinstance(exc, BrokerUnavailable):
             return shape(503, unavailable(exc), headers=retry_after(request))
+        if isinstance(exc, StateUnavailable):
+            return shape(503, str(exc), headers=retry_after(request))
         if isinstance(exc, UpdateTimeout):
             return shape(504, f"the {exc.events} events are accepted and durable, but "
                          f"user state was not updated within {exc.timeout_s}s; do not resend")

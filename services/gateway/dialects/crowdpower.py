@@ -203,4 +203,4 @@ async def create_events(request: Request, gateway: GatewayDep, program_id: Write
 )
 async def get_user(gateway: GatewayDep, program_id: ReadProgram,
                    user_id: Annotated[str, Path(min_length=1, max_length=512)]) -> Response:
-    return _envelope(200, data=profile(gateway, program_id, user_id))
+    return _envelope(200, data=await profile(gateway, program_id, user_id))

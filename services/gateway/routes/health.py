@@ -20,7 +20,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="This gateway can take events now: broker reachable, producer healthy, local "
-    "queue under its bound, ClickHouse reachable, and the views caught up",
+    "queue under its bound, ClickHouse reachable, and the asset catalog caught up",
     responses={503: {"description": "Not ready; `checks` says which check failed and why"}},
 )
 async def readyz(gateway: GatewayDep) -> JSONResponse:
@@ -29,7 +29,7 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     caught_up = gateway.views.caught_up
     views = caught_up.is_set() or await asyncio.to_thread(caught_up.wait, 2.0)
     checks = {"broker": problem or "ok",
-              "views": "caught up" if views else "catching up with assets and user state"}
+              "views": "caught up" if views else "catching up with the asset catalog"}
     ready = problem is None and views
     if gateway.store is None:
         checks["clickhouse"] = "not used by this process (embedded, owned by the sink)"

@@ -1,6 +1,6 @@
 """``GET /users/{user_id}``: a user's activity and session, as the agents keep it.
 
-Served from this gateway's view of the ``user-state`` changelog (see views.py). Sessions
+Read from the agents worker that owns the user (see user_states.py). Sessions
 count only events sent with ``update_session`` (CrowdPower's flag): a new session starts
 after the agents' session gap without such events. Times are epoch seconds of event
 times (not of receipt); an unknown user has 0 events and nulls.
@@ -28,8 +28,8 @@ class UserProfile(BaseModel):
     last_seen: float | None  # epoch seconds: the newest session activity
 
 
-def profile(gateway: Gateway, program_id: str, user_id: str) -> dict[str, Any]:
-    record = gateway.views.user(message_key(program_id, user_id))
+async def profile(gateway: Gateway, program_id: str, user_id: str) -> dict[str, Any]:
+    record = await gateway.user_states.get(message_key(program_id, user_id))
     return {
         "user_id": user_id,
         "events": record.events if record else 0,
@@ -43,4 +43,4 @@ def profile(gateway: Gateway, program_id: str, user_id: str) -> dict[str, Any]:
             summary="A user's events counted and current session")
 async def get_user(_auth: ReadKey, user_id: Annotated[str, Path(min_length=1, max_length=512)],
                    gateway: GatewayDep, program_id: ProgramId) -> dict[str, Any]:
-    return profile(gateway, program_id, user_id)
+    return await profile(gateway, program_id, user_id)

@@ -1,7 +1,7 @@
 """Read APIs of real-time user state: label weights and recommendations.
 
-Served from this gateway's view of the agents' ``user-state`` changelog (see views.py);
-recommendations are ranked at read time from the user's weights, the catalog and the
+Each user's record comes from the agents worker that owns it (see user_states.py; 503
+with Retry-After while its partition moves between workers); recommendations are ranked at read time from the user's weights, the catalog and the
 program's popularity, so they follow both a change of weights and a change of an
 asset's labels at once, without re-ranking every user when the catalog changes.
 """
@@ -49,7 +49,7 @@ class Recommendations(BaseModel):
             summary="A user's label weights, highest first")
 async def get_label_weights(_auth: ReadKey, user_id: UserIdPath, gateway: GatewayDep,
                             program_id: ProgramId) -> dict[str, Any]:
-    record = gateway.views.user(message_key(program_id, user_id))
+    record = await gateway.user_states.get(message_key(program_id, user_id))
     state = record.state if record else UserState()
     return {
         "user_id": user_id,
@@ -68,7 +68,7 @@ async def get_recommendations(
     program_id: ProgramId,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> dict[str, Any]:
-    record = gateway.views.user(message_key(program_id, user_id))
+    record = await gateway.user_states.get(message_key(program_id, user_id))
     state = record.state if record else UserState()
     popularity = await gateway.popularity.of(program_id)
     ranked = recommend(state, gateway.model_configs(program_id),

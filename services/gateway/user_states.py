@@ -1,0 +1,206 @@
+"""User state, read from the agents worker that owns each user: the gateway keeps none.
+
+A user's record lives in the store of the worker that owns its source partition (the
+murmur2 partition of its key, which the gateway computes anyway to publish). The gateway
+keeps only the owner map, partition -> worker URL, asked of any worker it knows
+(``SLUICE_AGENTS_URLS``, and every worker a map named) and asked again when an owner is
+unreachable or answers that the partition moved (a rebalance). See streams/reads.py for
+the worker's side.
+
+Ranking stays here: a recommendation needs the user's weights (one record from the
+owner) and the program's catalog and popularity, which every gateway already holds; the
+workers only look up records, and ranking's CPU scales with gateway replicas.
+
+A read the owner cannot answer in ``SLUICE_AGENTS_READ_TIMEOUT_S`` (no owner during a
+rebalance, a worker that died and whose partitions were not taken over yet) raises
+:class:`StateUnavailable` (503 with Retry-After): never an empty state passed off as real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.gateway.errors import StateUnavailable
+from services.shared.events import partition_for
+from services.shared.publish import BrokerUnavailable
+from services.shared.settings import Settings
+from services.shared.users import UserRecord
+
+log = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 0.1  # between asks of a moved partition's owner
+
+
+class Moved(Exception):
+    """The asked worker does not serve the partition (now), or cannot be reached."""
+
+
+class UserStates:
+    def __init__(self, settings: Settings, partition_count: Callable[[], int]) -> None:
+        self.settings = settings
+        self._partition_count = partition_count
+        self._owners: dict[int, str] = {}
+        self._generation = -1
+        self._known: list[str] = list(settings.agents_seed_urls)
+        self._session: aiohttp.ClientSession | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self.abandoned: str | None = None
+
+    # -- reads ----------------------------------------------------------------------------
+    async def get(self, key: bytes) -> UserRecord | None:
+        """The user's record, from its owner; None for a user with no state yet."""
+        partition = partition_for(key, self._partition_count())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.agents_read_timeout_s
+        while True:
+            try:
+                status, body = await self._ask(
+                    partition, "GET", "/internal/users", deadline,
+                    params={"partition": str(partition), "key": key.decode()})
+            except Moved as exc:
+                if loop.time() + RETRY_PAUSE_S >= deadline:
+                    raise StateUnavailable(
+                        f"user state of partition {partition} is moving between agents "
+                        f"workers or its worker is down ({exc}); retry shortly") from None
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            if status == 404:
+                return None
+            return UserRecord.decode(body)
+
+    async def wait_applied(self, targets: dict[bytes, tuple[int, int]], timeout_s: float) -> bool:
+        """Wait until each user key's state includes its source message (partition, offset),
+        as the owners answer; False on timeout. Raises BrokerUnavailable when the broker
+        died with what it held (the embedded one): the messages may never be applied."""
+        if self.abandoned is not None:
+            raise BrokerUnavailable(self.abandoned)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        by_partition: dict[int, list[list[Any]]] = defaultdict(list)
+        for key, (partition, offset) in targets.items():
+            by_partition[partition].append([partition, offset, key.decode()])
+        while by_partition:
+            if self.abandoned is not None:
+                raise BrokerUnavailable(self.abandoned)
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            by_owner: dict[str, list[int]] = defaultdict(list)
+            for partition in by_partition:
+                owner = self._owners.get(partition)
+                if owner is None:
+                    await self._refreshed()
+                    owner = self._owners.get(partition)
+                if owner is not None:
+                    by_owner[owner].append(partition)
+            answers = await asyncio.gather(*(
+                self._wait_at(owner, [t for p in partitions for t in by_partition[p]], left)
+                for owner, partitions in by_owner.items()))
+            for (owner, partitions), answer in zip(by_owner.items(), answers, strict=True):
+                if answer is True:
+                    for partition in partitions:
+                        del by_partition[partition]
+                elif answer is False:
+                    return False  # the owner waited until the deadline
+                else:
+                    self._forget(owner)
+            if by_partition:
+                await asyncio.sleep(RETRY_PAUSE_S)
+        return True
+
+    def abandon(self, reason: str) -> None:
+        """The broker died with what it held: every wait answers 503 from now on."""
+        self.abandoned = reason
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- talking to the workers -------------------------------------------------------------
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                json_serialize=lambda value: orjson.dumps(value).decode(),
+            )
+        return self._session
+
+    async def _ask(self, partition: int, method: str, path: str, deadline: float,
+                   **kwargs: Any) -> tuple[int, bytes]:
+        owner = self._owners.get(partition)
+        if owner is None:
+            await self._refreshed()
+            owner = self._owners.get(partition)
+            if owner is None:
+                raise Moved("no worker owns it now")
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            async with self._client().request(
+                method, owner + path, timeout=aiohttp.ClientTimeout(total=max(left, 0.01)),
+                **kwargs,
+            ) as response:
+                body = await response.read()
+                if response.status in (200, 404):
+                    return response.status, body
+                reason = f"{owner} answered {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"{owner}: {exc!r}"
+        self._forget(owner)
+        raise Moved(reason)
+
+    async def _wait_at(self, owner: str, targets: list[list[Any]], left: float) -> bool | None:
+        """True/False: the owner's answer; None: it did not answer for these partitions."""
+        try:
+            async with self._client().post(
+                owner + "/internal/applied",
+                data=orjson.dumps({"timeout_s": left, "targets": targets}),
+                headers={"content-type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=left + 2.0),
+            ) as response:
+                if response.status == 200:
+                    return bool(orjson.loads(await response.read())["applied"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+            pass
+        return None
+
+    def _forget(self, owner: str) -> None:
+        """An owner that did not answer: its partitions are looked up again."""
+        for partition in [p for p, url in self._owners.items() if url == owner]:
+            del self._owners[partition]
+
+    async def _refreshed(self) -> None:
+        """Ask the workers for the owner map (one ask at a time, shared by every caller)."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self._ask_owners())
+        await asyncio.shield(self._refresh)
+
+    async def _ask_owners(self) -> None:
+        urls = list(dict.fromkeys(self._known + list(self._owners.values())))
+        answers = await asyncio.gather(*(self._owners_of(url) for url in urls))
+        best = max((a for a in answers if a is not None), default=None,
+                   key=lambda a: a["generation"])
+        if best is None:
+            return
+        owners = {int(p): url.rstrip("/") for p, url in best["owners"].items()}
+        self._generation = best["generation"]
+        self._owners = owners
+        self._known = list(dict.fromkeys(self.settings.agents_seed_urls + list(owners.values())))
+
+    async def _owners_of(self, url: str) -> dict[str, Any] | None:
+        try:
+            async with self._client().get(url + "/internal/owners",
+                                          timeout=aiohttp.ClientTimeout(total=1.0)) as response:
+                if response.status == 200:
+                    answer: dict[str, Any] = orjson.loads(await response.read())
+                    return answer
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("agents worker %s did not give its owner map: %r", url, exc)
+        return None

@@ -1,0 +1,173 @@
+"""User reads at the worker that owns the user: the agents' side of the read path.
+
+Gateways keep no per-user state. A read of a user (label weights, recommendations, a
+profile) or a ``queue_updates=false`` wait goes to the worker whose store holds the
+user's partition, on the worker's web port:
+
+- ``GET /internal/owners``: which worker URL owns which source partition, as Faust's
+  assignor gave it to every member at the last rebalance (``changelog_distribution``).
+- ``GET /internal/users?partition=P&key=K``: the user's record as the changelog has it
+  (the stored bytes, decoded by the gateway, which ranks with its own catalog), or 404.
+- ``POST /internal/applied`` ``{"timeout_s": t, "targets": [[P, O, K], ...]}``: answers
+  once every user K holds source message (P, O) in its durable state, or after t seconds
+  with ``{"applied": false}``.
+
+A worker answers only for partitions it owns *and* has recovered: from a rebalance's
+start until its table recovery ends it answers ``503`` (``moved``: the gateway asks for
+the owner map again), so a read never sees a store that is behind or no longer its own.
+Waiters of a revoked partition are answered ``moved`` too and move to the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import faust
+import orjson
+from faust.web import View
+
+from streams.store import LocalStates
+
+MOVED = 503  # not (or not yet) this worker's partition: ask for the owners again
+
+
+class OwnedReads:
+    """What this worker serves now, and the waiters for source offsets to be applied."""
+
+    def __init__(self, app: faust.App, states: LocalStates, changelog_topic: str) -> None:
+        self.app, self.states, self.changelog_topic = app, states, changelog_topic
+        self.serving: frozenset[int] = frozenset()  # recovered partitions of this generation
+        self.applied: dict[int, int] = {}  # partition -> newest source offset in the store
+        self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_rebalance_complete.connect(self._on_recovered)
+
+    def _on_revoked(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        """A rebalance starts: serve nothing until recovery ends; move every waiter on."""
+        self.serving = frozenset()
+        self.applied.clear()
+        waiters, self._waiters = self._waiters, defaultdict(list)
+        for pending in waiters.values():
+            for _offset, future in pending:
+                if not future.done():
+                    future.set_exception(Moved())
+
+    def _on_recovered(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        self.serving = frozenset(tp.partition for tp in self.app.assignor.assigned_actives()
+                                 if tp.topic != self.changelog_topic)
+
+    def on_committed(self, newest: dict[int, int]) -> None:
+        """partition -> newest source offset of a batch whose state is in the store now."""
+        for partition, offset in newest.items():
+            if offset > self.applied.get(partition, -1):
+                self.applied[partition] = offset
+            pending = self._waiters.get(partition)
+            if not pending:
+                continue
+            offset = self.applied[partition]
+            still = []
+            for wanted, future in pending:
+                if future.done():
+                    continue
+                if wanted <= offset:
+                    future.set_result(None)
+                else:
+                    still.append((wanted, future))
+            self._waiters[partition] = still
+
+    def owners(self) -> dict[str, Any]:
+        """partition -> owner URL, as every member of the group was told."""
+        by_partition = {
+            partition: url
+            for url, topics in self.app.assignor.tables_metadata().items()
+            for topic, partitions in topics.items() if topic == self.changelog_topic
+            for partition in partitions
+        }
+        return {"generation": self.app.consumer_generation_id,
+                "rebalancing": bool(self.app.rebalancing),
+                "owners": {str(p): url for p, url in sorted(by_partition.items())}}
+
+    def record(self, partition: int, key: bytes) -> bytes | None:
+        if partition not in self.serving:
+            raise Moved()
+        return self.states.get(partition, key)
+
+    async def wait(self, targets: list[tuple[int, int, bytes]], timeout_s: float) -> bool:
+        """Whether every (partition, offset, key) is applied within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for partition, offset, key in targets:
+            if partition not in self.serving:
+                raise Moved()
+            if offset <= self.applied.get(partition, -1):
+                continue
+            # applied before this worker took the partition over: the record says so
+            current = self.states.get(partition, key)
+            if current is not None and _record_applied(current, partition, offset):
+                continue
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters[partition].append((offset, future))
+            futures.append(future)
+        if not futures:
+            return True
+        done, pending = await asyncio.wait(futures, timeout=timeout_s)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            if (error := future.exception()) is not None:
+                raise error
+        return not pending
+
+
+class Moved(Exception):
+    """The partition is not served here (now): rebalancing, recovering or someone else's."""
+
+
+def _record_applied(raw: bytes, partition: int, offset: int) -> bool:
+    record = orjson.loads(raw)
+    return bool(record["partition"] == partition and offset <= record["offset"])
+
+
+def _moved(web: Any) -> Any:
+    return web.json({"detail": "moved"}, status=MOVED, headers={"Retry-After": "1"})
+
+
+def install(app: faust.App, reads: OwnedReads) -> None:
+    """The internal read pages on the worker's web server."""
+
+    @app.page("/internal/owners")
+    async def owners(web: Any, request: Any) -> Any:
+        return web.json(reads.owners())
+
+    @app.page("/internal/users")
+    async def user(web: Any, request: Any) -> Any:
+        try:
+            partition = int(request.query["partition"])
+            key = request.query["key"].encode()
+        except (KeyError, ValueError):
+            return web.json({"detail": "partition and key are required"}, status=400)
+        try:
+            raw = reads.record(partition, key)
+        except Moved:
+            return _moved(web)
+        if raw is None:
+            return web.json({"detail": "no such user"}, status=404)
+        return web.bytes(raw, content_type="application/json")
+
+    @app.page("/internal/applied")
+    class Applied(View):
+        async def post(self, request: Any) -> Any:
+            try:
+                body = orjson.loads(await self.web.read_request_content(request))
+                timeout_s = min(float(body["timeout_s"]), 60.0)
+                targets = [(int(p), int(o), str(k).encode()) for p, o, k in body["targets"]]
+            except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+                return self.json({"detail": "timeout_s and targets [[partition, offset, key]] "
+                                  "are required"}, status=400)
+            try:
+                applied = await reads.wait(targets, timeout_s)
+            except Moved:
+                return _moved(self)
+            return self.json({"applied": applied})

@@ -1,0 +1,141 @@
+"""The gateway's side of user reads: finding each partition's owner, following it when it
+moves, and a 503 (never an empty state) when no worker answers for it. Two small aiohttp
+servers play the agents workers' internal pages (streams/reads.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from services.gateway.errors import StateUnavailable
+from services.gateway.user_states import UserStates
+from services.shared.events import message_key, partition_for
+from services.shared.settings import Settings
+from services.shared.users import UserRecord
+
+PARTITIONS = 4
+KEY = message_key("shop", "u1")
+PARTITION = partition_for(KEY, PARTITIONS)
+
+
+class FakeWorker:
+    """Serves the users of the partitions it is told it owns; the owner map it gives is
+    whatever the test sets (as Faust's assignor tells every member)."""
+
+    def __init__(self) -> None:
+        self.serving: set[int] = set()
+        self.owners: dict[int, str] = {}
+        self.generation = 1
+        self.records: dict[bytes, bytes] = {}
+        self.asked: list[str] = []
+        app = web.Application()
+        app.router.add_get("/internal/owners", self._owners)
+        app.router.add_get("/internal/users", self._user)
+        app.router.add_post("/internal/applied", self._applied)
+        self.server = TestServer(app)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def _owners(self, _: web.Request) -> web.Response:
+        return web.json_response({"generation": self.generation, "rebalancing": False,
+                                  "owners": {str(p): u for p, u in self.owners.items()}})
+
+    async def _user(self, request: web.Request) -> web.Response:
+        self.asked.append("user")
+        if int(request.query["partition"]) not in self.serving:
+            return web.json_response({"detail": "moved"}, status=503)
+        raw = self.records.get(request.query["key"].encode())
+        if raw is None:
+            return web.json_response({"detail": "no such user"}, status=404)
+        return web.Response(body=raw, content_type="application/json")
+
+    async def _applied(self, request: web.Request) -> web.Response:
+        self.asked.append("applied")
+        body: dict[str, Any] = await request.json()
+        if any(p not in self.serving for p, _, _ in body["targets"]):
+            return web.json_response({"detail": "moved"}, status=503)
+        return web.json_response({"applied": True})
+
+
+def record(events: int) -> bytes:
+    user = UserRecord("shop", "u1", partition=PARTITION, offset=events - 1, events=events)
+    return user.encode()
+
+
+def states(*seeds: str, timeout_s: float = 1.0) -> UserStates:
+    settings = Settings(agents_urls=",".join(seeds), agents_read_timeout_s=timeout_s)
+    return UserStates(settings, lambda: PARTITIONS)
+
+
+def run(test: Any) -> None:
+    async def main() -> None:
+        a, b = FakeWorker(), FakeWorker()
+        await a.server.start_server()
+        await b.server.start_server()
+        try:
+            await test(a, b)
+        finally:
+            await a.server.close()
+            await b.server.close()
+
+    asyncio.run(main())
+
+
+def test_a_read_goes_to_the_owner_the_map_names_even_when_asked_elsewhere() -> None:
+    async def test(a: FakeWorker, b: FakeWorker) -> None:
+        for worker in (a, b):
+            worker.owners = {p: b.url for p in range(PARTITIONS)}
+        b.serving, b.records = set(range(PARTITIONS)), {KEY: record(3)}
+        users = states(a.url)  # only a is known at first
+        got = await users.get(KEY)
+        assert got is not None and got.events == 3
+        assert a.asked == [] and b.asked == ["user"]
+        assert await users.get(message_key("shop", "nobody")) is None  # the owner: no state
+        await users.close()
+
+    run(test)
+
+
+def test_a_partition_that_moved_is_followed_to_its_new_owner() -> None:
+    async def test(a: FakeWorker, b: FakeWorker) -> None:
+        a.owners = b.owners = {p: a.url for p in range(PARTITIONS)}
+        a.serving, a.records = set(range(PARTITIONS)), {KEY: record(1)}
+        users = states(a.url, b.url)
+        assert (await users.get(KEY)).events == 1  # type: ignore[union-attr]
+        # a rebalance: b owns everything now, and has the newer state
+        a.serving = set()
+        b.serving, b.records = set(range(PARTITIONS)), {KEY: record(2)}
+        a.owners = b.owners = {p: b.url for p in range(PARTITIONS)}
+        a.generation = b.generation = 2
+        assert (await users.get(KEY)).events == 2  # type: ignore[union-attr]
+        assert await users.wait_applied({KEY: (PARTITION, 1)}, 1.0) is True
+        assert b.asked == ["user", "applied"]
+        await users.close()
+
+    run(test)
+
+
+def test_no_owner_in_time_is_state_unavailable_never_an_empty_state() -> None:
+    async def test(a: FakeWorker, b: FakeWorker) -> None:
+        # the map still names a worker that died (b's server answers nothing it owns)
+        a.owners = {p: b.url for p in range(PARTITIONS)}
+        a.serving = set(range(PARTITIONS))
+        a.records = {KEY: record(1)}
+        users = states(a.url, timeout_s=0.5)
+        with pytest.raises(StateUnavailable):
+            await users.get(KEY)
+        # a wait with no owner times out: False (the POST answers 504 or a receipt)
+        assert await users.wait_applied({KEY: (PARTITION, 0)}, 0.5) is False
+        # the takeover lands: the next read is right
+        a.owners = {p: a.url for p in range(PARTITIONS)}
+        a.generation = 2
+        assert (await users.get(KEY)).events == 1  # type: ignore[union-attr]
+        await users.close()
+
+    run(test)

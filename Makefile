@@ -37,6 +37,8 @@ chromium:
 bench: $(STAMP)
 	@command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey) \
 		|| (echo "bench needs 'hey' (Debian package hey)"; exit 1)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| (echo "bench needs 'wrk' (Debian package wrk)"; exit 1)
 	$(BIN)/python -m bench.run
 
 lint: $(STAMP)

@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     agents_session_timeout_s: float = Field(
         6.0, gt=0, description="How long the group waits for a worker that stopped "
         "heartbeating (SIGKILL, a frozen host) before its partitions move: the floor of a "
-        "takeover, and of a killed worker's own restart."
+        "takeover, and of a killed worker's own restart. 6 s is Apache Kafka's least "
+        "(group.min.session.timeout.ms); `sluice up` gives its embedded broker's worker 3 s."
     )
     agents_batch_max: int = Field(
         2_000, description="Messages per agent batch (a gateway message holds up to a request's "

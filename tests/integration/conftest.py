@@ -77,6 +77,7 @@ def settings(
         agents_web_port=free_port(),
         popularity_ttl_s=0.0,
         update_timeout_s=30.0,  # a loaded CI box is slow to rebalance; 504 only when stuck
+        agents_session_timeout_s=3.0,  # Tansu takes it (as under `sluice up`): quick takeovers
         sink_group=f"sink-{tag}",
         sink_batch_seconds=0.2,
         publish_timeout_s=3.0,

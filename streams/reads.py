@@ -28,6 +28,7 @@ import faust
 import orjson
 from faust.web import View
 
+from services.shared.users import UserRecord
 from streams.store import LocalStates
 
 MOVED = 503  # not (or not yet) this worker's partition: ask for the owners again
@@ -105,7 +106,7 @@ class OwnedReads:
                 continue
             # applied before this worker took the partition over: the record says so
             current = self.states.get(partition, key)
-            if current is not None and _record_applied(current, partition, offset):
+            if current is not None and UserRecord.decode(current).applied(partition, offset):
                 continue
             future: asyncio.Future[None] = loop.create_future()
             self._waiters[partition].append((offset, future))
@@ -123,11 +124,6 @@ class OwnedReads:
 
 class Moved(Exception):
     """The partition is not served here (now): rebalancing, recovering or someone else's."""
-
-
-def _record_applied(raw: bytes, partition: int, offset: int) -> bool:
-    record = orjson.loads(raw)
-    return bool(record["partition"] == partition and offset <= record["offset"])
 
 
 def _moved(web: Any) -> Any:

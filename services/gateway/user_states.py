@@ -47,7 +47,6 @@ class UserStates:
         self.settings = settings
         self._partition_count = partition_count
         self._owners: dict[int, str] = {}
-        self._generation = -1
         self._known: list[str] = list(settings.agents_seed_urls)
         self._session: aiohttp.ClientSession | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -190,7 +189,6 @@ class UserStates:
         if best is None:
             return
         owners = {int(p): url.rstrip("/") for p, url in best["owners"].items()}
-        self._generation = best["generation"]
         self._owners = owners
         self._known = list(dict.fromkeys(self.settings.agents_seed_urls + list(owners.values())))
 

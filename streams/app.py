@@ -29,6 +29,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from services.shared.events import KEY_SEPARATOR
+from services.shared.gc_tuning import release_free_heap
 from services.shared.lag import LAG
 from services.shared.metrics import (
     AGENTS_EVENTS,
@@ -45,7 +46,7 @@ from streams.reads import OwnedReads
 from streams.reads import install as install_reads
 from streams.recovery import check_highwaters
 from streams.store import LocalStates, app_dir
-from streams.update import apply_messages, split_by_user
+from streams.update import apply_messages, chunks, events_in, split_by_user
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,29 @@ def _observe(batch: list[Any], users: int) -> None:
     events = 0
     for event in batch:
         value = event.message.value or b""
-        events += value.count(b"\n") + 1
+        events += events_in(value)
         if (at := received_at(value)) is not None:
             STATE_FRESHNESS.observe(max(0.0, now - at))
     AGENTS_EVENTS.inc(events)
     STATE_USERS.set(users)
+
+
+class Changes:
+    """A run of source events applied: each changed user's new record (one per user, in
+    the run's order), its partition and whether it is new."""
+
+    __slots__ = ("new", "partitions", "records", "run")
+
+    def __init__(self, run: list[Any]) -> None:
+        self.run = run
+        self.records: dict[bytes, bytes] = {}
+        self.partitions: list[int] = []
+        self.new: list[bool] = []
+
+    def add(self, partition: int, key: bytes, value: bytes, new: bool) -> None:
+        self.records[key] = value  # split_by_user gives each user once
+        self.partitions.append(partition)
+        self.new.append(new)
 
 
 def owned_partitions(app: faust.App) -> set[int]:
@@ -147,9 +166,12 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.agents_session_timeout_s,
         broker_heartbeat_interval=0.5,
-        broker_max_poll_records=settings.agents_batch_max,
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        stream_buffer_maxsize=2 * settings.agents_batch_max,  # bounds memory on a backlog
+        # what a worker holds of a backlog besides the batch it applies: one poll's records
+        # and the stream's buffer (messages of up to a request's events each), what the
+        # consumer fetched per partition
+        broker_max_poll_records=max(1, settings.agents_batch_max // 2),
+        stream_buffer_maxsize=max(1, settings.agents_batch_max // 2),
+        consumer_max_fetch_size=4 * 1024 * 1024,
         producer_linger=0.005,
         producer_acks=-1,
     )
@@ -165,9 +187,11 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     reads = OwnedReads(app, states, settings.topic_user_state)
     install_reads(app, reads)
     config_for = ModelConfigs(settings)
+    # runs: batches, or parts of a batch of more than agents_batch_events events, applied;
     # changelog_recovered / changelog_standby: changelog records this worker read since it
     # started, recovering active partitions / following standby ones
-    stats = {"messages": 0, "users_written": 0, "changelog_recovered": 0, "changelog_standby": 0}
+    stats = {"messages": 0, "runs": 0, "users_written": 0, "changelog_recovered": 0,
+             "changelog_standby": 0}
     changelog = Publisher(settings)
     _count_changelog_reads(app, user_state, stats)
 
@@ -183,45 +207,63 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             settings.agents_batch_max, within=settings.agents_batch_seconds
         ):
-            written: list[tuple[bytes, bytes]] = []
-            partitions: list[int] = []
-            new: list[bool] = []
-            for key, entries in split_by_user(event.message for event in batch).items():
-                partition = entries[-1].partition
-                current = states.get(partition, key)
-                if current is not None:
-                    record = UserRecord.decode(current)
-                else:
-                    program_id, _, user_id = key.decode().partition(KEY_SEPARATOR)
-                    record = UserRecord(program_id, user_id)
-                entries.sort(key=lambda entry: entry.offset)
-                if apply_messages(record, entries, config_for):
-                    written.append((key, record.encode()))
-                    partitions.append(partition)
-                    new.append(current is None)
-            # a user's state goes to the changelog partition of its events' partition; a
-            # broker that is down or stalled pauses the agent here (nothing of the batch is
-            # acked, so nothing is committed): it must not crash it, which would stop it
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(BrokerUnavailable),
-                wait=wait_exponential(multiplier=0.1, max=settings.sink_retry_max_backoff_s),
-                before_sleep=_log_changelog_retry,
-            ):
-                with attempt:
-                    positions = await changelog.publish(
-                        written, topic=settings.topic_user_state, partitions=partitions)
-            # only now: a store ahead of its changelog would skip the replayed events after
-            # a crash as applied, and their state would never reach the changelog
-            states.commit([(p, k, v, n) for p, (k, v), n in zip(partitions, written, new,
-                                                                strict=True)], positions)
-            newest: dict[int, int] = {}
-            for event in batch:
-                message = event.message
-                newest[message.partition] = max(message.offset, newest.get(message.partition, -1))
-            reads.on_committed(newest)  # queue_updates=false waiters, answered by the owner
-            stats["users_written"] += len(written)
-            stats["messages"] += len(batch)
-            _observe(batch, states.users(owned_partitions(app)))
+            # applied in runs of at most agents_batch_events events (a worker's memory grows
+            # with them); the batch is acked (so committed by Faust) once every run's state
+            # is in the changelog and the store
+            runs = 0
+            for run in chunks(batch, settings.agents_batch_events,
+                              lambda event: event.message.value):
+                runs += 1
+                changes = apply_run(run)
+                store(changes, await publish(changes))
+            if runs > 1:  # a backlog's batch: what it parsed and built is free memory now
+                release_free_heap()
+
+    def apply_run(run: list[Any]) -> Changes:
+        """A run's events applied to their users' records (one read and one write each)."""
+        changes = Changes(run)
+        for key, entries in split_by_user(event.message for event in run).items():
+            partition = entries[-1].partition
+            current = states.get(partition, key)
+            if current is not None:
+                record = UserRecord.decode(current)
+            else:
+                program_id, _, user_id = key.decode().partition(KEY_SEPARATOR)
+                record = UserRecord(program_id, user_id)
+            entries.sort(key=lambda entry: entry.offset)
+            if apply_messages(record, entries, config_for):
+                changes.add(partition, key, record.encode(), new=current is None)
+        return changes
+
+    async def publish(changes: Changes) -> list[tuple[int, int]]:
+        # a user's state goes to the changelog partition of its events' partition; a
+        # broker that is down or stalled pauses the agent here (nothing of the batch is
+        # acked, so nothing is committed): it must not crash it, which would stop it
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BrokerUnavailable),
+            wait=wait_exponential(multiplier=0.1, max=settings.sink_retry_max_backoff_s),
+            before_sleep=_log_changelog_retry,
+        ):
+            with attempt:
+                return await changelog.publish(list(changes.records.items()),
+                                               topic=settings.topic_user_state,
+                                               partitions=changes.partitions)
+        raise AssertionError("unreachable: AsyncRetrying retries until it returns")
+
+    def store(changes: Changes, positions: list[tuple[int, int]]) -> None:
+        # only now: a store ahead of its changelog would skip the replayed events after
+        # a crash as applied, and their state would never reach the changelog
+        states.commit([(p, k, v, n) for p, (k, v), n in zip(
+            changes.partitions, changes.records.items(), changes.new, strict=True)], positions)
+        newest: dict[int, int] = {}
+        for event in changes.run:
+            message = event.message
+            newest[message.partition] = max(message.offset, newest.get(message.partition, -1))
+        reads.on_committed(newest)  # queue_updates=false waiters, answered by the owner
+        stats["users_written"] += len(changes.records)
+        stats["runs"] += 1
+        stats["messages"] += len(changes.run)
+        _observe(changes.run, states.users(owned_partitions(app)))
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:

@@ -8,10 +8,10 @@ events the batch holds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -22,11 +22,38 @@ from streams.model import apply_event
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class SourceMessage(Protocol):
     partition: int
     offset: int
     value: bytes
+
+
+def events_in(value: bytes | None) -> int:
+    """Events (lines) in a source message."""
+    return value.count(b"\n") + 1 if value else 0
+
+
+def chunks(messages: Sequence[T], max_events: int,
+           value: Callable[[T], bytes | None]) -> Iterator[list[T]]:
+    """``messages`` in order, cut into runs of at most ``max_events`` events (a message
+    with more is a run of its own). A gateway message holds up to a request's events for
+    one partition, so a batch of messages can hold hundreds of thousands of events; the
+    memory an agent needs grows with the events it applies at once (parsed events,
+    records, the store's write batch), and stays taken after them."""
+    run: list[T] = []
+    size = 0
+    for message in messages:
+        n = events_in(value(message))
+        if run and size + n > max_events:
+            yield run
+            run, size = [], 0
+        run.append(message)
+        size += n
+    if run:
+        yield run
 
 
 SESSION_GAP_S = 1800.0  # CrowdPower: a new session after 30 minutes without events

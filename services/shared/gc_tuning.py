@@ -1,5 +1,5 @@
 """Python's cyclic garbage collector, tuned for a process that turns requests into
-short-lived containers.
+short-lived containers; and giving freed heap back to the system.
 
 A 1000-event request makes some 2,000 tracked objects (a dict and a list per event), so
 with CPython's default young-generation threshold (700) the collector ran three times a
@@ -13,7 +13,11 @@ only has to find cycles, and there are few.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
+from functools import cache
+from typing import Any
 
 
 def tune_gc(young_threshold: int) -> None:
@@ -26,3 +30,20 @@ def tune_gc(young_threshold: int) -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(young_threshold, older, oldest)
+
+
+@cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_free_heap() -> None:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). After a large batch is applied its objects are freed, but glibc keeps the
+    pages: measured on an agents worker applying a 1M-user backlog, RSS stayed at the
+    batch's high-water mark (269 MiB) without it, 202 MiB with it."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

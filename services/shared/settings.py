@@ -160,10 +160,13 @@ class Settings(BaseSettings):
         "(group.min.session.timeout.ms); `sluice up` gives its embedded broker's worker 3 s."
     )
     agents_batch_max: int = Field(
-        2_000, description="Messages per agent batch (a gateway message holds up to a request's "
-        "events for one partition, so up to ~900 kB: twice this many are buffered)..."
+        200, ge=2, description="Messages per agent batch (a gateway message holds up to a "
+        "request's events for one partition, up to ~900 kB); a worker reads ahead half as many."
     )
     agents_batch_seconds: float = Field(0.05, description="...or what arrived within this.")
+    agents_batch_events: int = Field(
+        20_000, description="Most events a worker applies at once: a batch of messages holding "
+        "more is applied in runs of at most this many (a worker's memory grows with it).")
     agents_fetch_max_wait_ms: int = Field(
         50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."
     )

@@ -67,6 +67,29 @@ def test_state_survives_a_sigkill_of_the_only_worker_and_counts_nothing_twice(
     assert agents.stats(again)["changelog_recovered"] <= 4  # at most a record per partition
 
 
+def test_a_backlog_is_applied_in_runs_and_counts_every_event_once(
+    settings: Settings, pipeline: TestClient, agents: Agents
+) -> None:
+    """Five rounds posted before any worker runs: the worker that starts finds a backlog
+    whose batches hold more than SLUICE_AGENTS_BATCH_EVENTS (here 100) events, applies them
+    in runs (each user's events spread over several), and every user counts 5 events."""
+    settings.agents_batch_events = 100  # the worker's environment is made from settings
+    users = [f"user{i}" for i in range(200)]
+    for round_ in range(5):  # 200 events a request, ~50 a message (one per partition)
+        post(pipeline, users, f"r{round_}", T1, "true")
+    worker = agents.start()
+    wait_for(lambda: agents.stats(worker)["users_written"] >= len(users), timeout_s=60)
+    wait_for(lambda: all(record(pipeline, u)["events"] == 5 for u in users), timeout_s=60)
+    for user in users:
+        got = record(pipeline, user)
+        weights = {w["label"]: w["weight"] for w in got["label_weights"]}
+        assert weights == {f"r{r}": pytest.approx(2.0) for r in range(5)}, (user, got)
+    stats = agents.stats(worker)
+    # 1,000 events in runs of at most 100: at least 10 runs, and more runs than a batch
+    # of messages would make alone (a run holds at most two of these ~50-event messages)
+    assert stats["runs"] >= 10 and stats["runs"] * 2 >= stats["messages"], stats
+
+
 def test_a_restarted_worker_reads_only_the_changelog_written_since_its_store(
     settings: Settings, pipeline: TestClient, agents: Agents
 ) -> None:

@@ -42,7 +42,7 @@ from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
-from streams.reads import OwnedReads
+from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
 from streams.recovery import check_highwaters
 from streams.store import LocalStates, app_dir
@@ -117,10 +117,6 @@ class Changes:
         self.records[key] = value  # split_by_user gives each user once
         self.partitions.append(partition)
         self.new.append(new)
-
-
-def owned_partitions(app: faust.App) -> set[int]:
-    return {tp.partition for tp in app.assignor.assigned_actives()}
 
 
 def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) -> None:

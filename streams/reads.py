@@ -34,6 +34,12 @@ from streams.store import LocalStates
 MOVED = 503  # not (or not yet) this worker's partition: ask for the owners again
 
 
+def owned_partitions(app: faust.App) -> set[int]:
+    """The source partitions this worker owns in the current generation (the changelog's
+    partitions it owns carry the same numbers: a user's state lives in its partition)."""
+    return {tp.partition for tp in app.assignor.assigned_actives()}
+
+
 class OwnedReads:
     """What this worker serves now, and the waiters for source offsets to be applied."""
 
@@ -56,8 +62,7 @@ class OwnedReads:
                     future.set_exception(Moved())
 
     def _on_recovered(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
-        self.serving = frozenset(tp.partition for tp in self.app.assignor.assigned_actives()
-                                 if tp.topic != self.changelog_topic)
+        self.serving = frozenset(owned_partitions(self.app))
 
     def on_committed(self, newest: dict[int, int]) -> None:
         """partition -> newest source offset of a batch whose state is in the store now."""

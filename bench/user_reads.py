@@ -49,7 +49,7 @@ CATALOG = 5_000  # assets sku-0.. (the pre-filled events name sku-0..49999: some
 OUT = Path(__file__).parent / "out"
 
 # reads a second per reader in the paced runs: weights 50 x 20 = 1,000/s; recommendations
-# (ranked by the gateway: ~0.85 ms of its CPU each over this catalog) 50 x 5 = 250/s
+# (ranked by the gateway: ~0.45 ms of its CPU each over this catalog) 50 x 5 = 250/s
 PACED_RATES = {"label-weights": 20, "recommendations": 5}
 WRK_SCRIPT = """
 wrk.headers["program-id"] = "%(program)s"

@@ -7,8 +7,8 @@ Where the roles meet: the agents (``streams/``) fold events into a :class:`UserS
 (asset id -> labels) and the program-wide :class:`Popularity` counts. :class:`ModelConfigs`
 builds each program's :class:`ModelConfig` from the settings, for both.
 
-Everything here is synchronous and stdlib-only at run time, so the math can be unit-tested
-without a broker. Weights are kept "as of" the user's newest event time (``ref_ts``); see
+Everything here is synchronous (stdlib and numpy), so the math can be unit-tested without a
+broker. Weights are kept "as of" the user's newest event time (``ref_ts``); see
 ``streams/model.py`` for how events land in them.
 """
 
@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from services.shared.settings import Settings
@@ -149,13 +151,21 @@ class Catalog(Mapping[str, tuple[str, ...]]):
     The index lets :func:`recommend` score only assets that share a label with the user instead
     of the whole catalog. It is also a read-only ``Mapping``, so it can be passed as
     ``asset_labels`` to ``apply_events`` (``streams/model.py``).
+
+    Each asset also has a fixed position (kept when it is deleted), and each label's postings
+    an array of positions, built when a recommendation first needs it after a change to that
+    label: scoring is then one numpy add per user label instead of one dict update per
+    posting (a dense catalog's label holds thousands of assets).
     """
 
-    __slots__ = ("_index", "_labels")
+    __slots__ = ("_arrays", "_ids", "_index", "_labels", "_position")
 
     def __init__(self, assets: Mapping[str, Iterable[str]] | None = None) -> None:
         self._labels: dict[str, tuple[str, ...]] = {}
         self._index: dict[str, set[str]] = {}
+        self._position: dict[str, int] = {}  # asset id -> its slot in a scores array
+        self._ids: list[str] = []  # slot -> asset id
+        self._arrays: dict[str, np.ndarray] = {}  # label -> its postings' slots (cache)
         for asset_id, labels in (assets or {}).items():
             self.upsert(asset_id, labels)
 
@@ -164,8 +174,12 @@ class Catalog(Mapping[str, tuple[str, ...]]):
         new = unique_labels(labels)
         self._unindex(asset_id)
         self._labels[asset_id] = new
+        if asset_id not in self._position:
+            self._position[asset_id] = len(self._ids)
+            self._ids.append(asset_id)
         for label in new:
             self._index.setdefault(label, set()).add(asset_id)
+            self._arrays.pop(label, None)
 
     def delete(self, asset_id: str) -> bool:
         """Remove an asset; returns whether it existed."""
@@ -183,11 +197,21 @@ class Catalog(Mapping[str, tuple[str, ...]]):
         for label in self._labels.get(asset_id, ()):
             ids = self._index[label]
             ids.discard(asset_id)
+            self._arrays.pop(label, None)
             if not ids:
                 del self._index[label]  # no empty postings left behind for deleted labels
 
-    def _postings(self, label: str) -> Iterable[str]:
-        return self._index.get(label, ())
+    def _slots(self, label: str) -> np.ndarray | None:
+        """The slots of the assets carrying ``label``; None when none does."""
+        slots = self._arrays.get(label)
+        if slots is None:
+            ids = self._index.get(label)
+            if not ids:
+                return None
+            position = self._position
+            slots = self._arrays[label] = np.fromiter(
+                (position[a] for a in ids), dtype=np.intp, count=len(ids))
+        return slots
 
     def __getitem__(self, asset_id: str) -> tuple[str, ...]:
         return self._labels[asset_id]
@@ -244,27 +268,32 @@ def recommend(
     cat = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
     excluded = {asset_id for _, asset_id in state.recent}
 
-    scores: dict[str, float] = {}
+    # each asset's score: the weights of its labels the user has, added in the same order
+    # for every asset (so equal label sets give equal floats, as ties need)
+    scores = np.zeros(len(cat._ids))
     for label, weight in state.weights.items():
-        if not scores:  # the first label: C-speed (0.0 + weight == weight)
-            scores = dict.fromkeys(cat._postings(label), 0.0 + weight)
-            continue
-        get = scores.get
-        for asset_id in cat._postings(label):
-            scores[asset_id] = get(asset_id, 0.0) + weight
+        slots = cat._slots(label)
+        if slots is not None:
+            scores[slots] += weight  # a label's slots are distinct: no lost updates
     for asset_id in excluded:
-        scores.pop(asset_id, None)
-
-    # only assets scoring at least the k-th best score can be in the top k: find that
-    # score on the bare floats first, then break ties on the few left (a dense catalog
-    # scores most assets; measured ~3x less CPU per recommendation)
-    candidates = scores.items()
-    if len(scores) > k:
-        kth = heapq.nlargest(k, scores.values())[-1]
-        candidates = [(a, s) for a, s in scores.items() if s >= kth]  # type: ignore[assignment]
-    count = popularity._counts.get
-    top = [(-neg, a) for neg, _, a in heapq.nsmallest(  # plain tuples: no key calls
-        k, [(-s, -count(a, 0), a) for a, s in candidates if s > 0.0])]
+        if (slot := cat._position.get(asset_id)) is not None:
+            scores[slot] = 0.0
+    positive = np.flatnonzero(scores > 0.0)
+    ids, count = cat._ids, popularity._counts.get
+    if len(positive) <= k:
+        ranked = [(-s, -count(ids[i], 0), ids[i])
+                  for i, s in zip(positive.tolist(), scores[positive].tolist(), strict=True)]
+    else:
+        # the top k: every asset above the k-th best score (found on the bare floats), then
+        # those at exactly that score by popularity and id (a dense catalog ties many)
+        kth = float(np.partition(scores[positive], len(positive) - k)[len(positive) - k])
+        above = positive[scores[positive] > kth]
+        ranked = [(-s, -count(ids[i], 0), ids[i])
+                  for i, s in zip(above.tolist(), scores[above].tolist(), strict=True)]
+        ranked += heapq.nsmallest(k - len(above), [
+            (-kth, -count(a, 0), a) for a in map(ids.__getitem__,
+                                                  positive[scores[positive] == kth].tolist())])
+    top = [(-neg, a) for neg, _, a in heapq.nsmallest(k, ranked)]  # plain tuples: no key calls
     weights = state.weights
     out = [
         Recommendation(

@@ -7,8 +7,9 @@ worker's local store: RocksDB under ``SLUICE_DATA_DIR/agents/<app id>/<slot>`` b
 changelog's tail (see streams.store). A worker that takes over partitions recovers them
 from the changelog, from the offset its store holds for them (or from the start).
 
-Messages are consumed as raw bytes and processed in batches (``take_events``): one read
-and one write of the table per user per batch. A user's state is written to the changelog
+Messages are consumed as raw bytes and processed in batches (``take_events``), a batch in
+runs of at most ``SLUICE_AGENTS_BATCH_EVENTS`` events: one read and one write of the table
+per user per run. A user's state is written to the changelog
 partition of the source partition its events came from (the murmur2 partition of its
 key, see services.shared.events): whoever owns a source partition recovers exactly the
 states of its users, and answers the gateways' reads of them (streams.reads).
@@ -102,19 +103,19 @@ def _observe(batch: list[Any], users: int) -> None:
 
 
 class Changes:
-    """A run of source events applied: each changed user's new record (one per user, in
-    the run's order), its partition and whether it is new."""
+    """A run of source events applied: each changed user's new record (key, value; one per
+    user), its partition and whether it is new, in the same order."""
 
     __slots__ = ("new", "partitions", "records", "run")
 
     def __init__(self, run: list[Any]) -> None:
         self.run = run
-        self.records: dict[bytes, bytes] = {}
+        self.records: list[tuple[bytes, bytes]] = []
         self.partitions: list[int] = []
         self.new: list[bool] = []
 
     def add(self, partition: int, key: bytes, value: bytes, new: bool) -> None:
-        self.records[key] = value  # split_by_user gives each user once
+        self.records.append((key, value))
         self.partitions.append(partition)
         self.new.append(new)
 
@@ -241,7 +242,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             before_sleep=_log_changelog_retry,
         ):
             with attempt:
-                return await changelog.publish(list(changes.records.items()),
+                return await changelog.publish(changes.records,
                                                topic=settings.topic_user_state,
                                                partitions=changes.partitions)
         raise AssertionError("unreachable: AsyncRetrying retries until it returns")
@@ -250,7 +251,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         # only now: a store ahead of its changelog would skip the replayed events after
         # a crash as applied, and their state would never reach the changelog
         states.commit([(p, k, v, n) for p, (k, v), n in zip(
-            changes.partitions, changes.records.items(), changes.new, strict=True)], positions)
+            changes.partitions, changes.records, changes.new, strict=True)], positions)
         newest: dict[int, int] = {}
         for event in changes.run:
             message = event.message

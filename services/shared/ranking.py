@@ -280,19 +280,19 @@ def recommend(
             scores[slot] = 0.0
     positive = np.flatnonzero(scores > 0.0)
     ids, count = cat._ids, popularity._counts.get
-    if len(positive) <= k:
-        ranked = [(-s, -count(ids[i], 0), ids[i])
-                  for i, s in zip(positive.tolist(), scores[positive].tolist(), strict=True)]
-    else:
+    tied: list[int] = []
+    kth = 0.0
+    if len(positive) > k:
         # the top k: every asset above the k-th best score (found on the bare floats), then
         # those at exactly that score by popularity and id (a dense catalog ties many)
-        kth = float(np.partition(scores[positive], len(positive) - k)[len(positive) - k])
-        above = positive[scores[positive] > kth]
-        ranked = [(-s, -count(ids[i], 0), ids[i])
-                  for i, s in zip(above.tolist(), scores[above].tolist(), strict=True)]
-        ranked += heapq.nsmallest(k - len(above), [
-            (-kth, -count(a, 0), a) for a in map(ids.__getitem__,
-                                                  positive[scores[positive] == kth].tolist())])
+        at = scores[positive]
+        kth = float(np.partition(at, len(at) - k)[len(at) - k])
+        tied = positive[at == kth].tolist()
+        positive = positive[at > kth]
+    ranked = [(-s, -count(ids[i], 0), ids[i])
+              for i, s in zip(positive.tolist(), scores[positive].tolist(), strict=True)]
+    ranked += heapq.nsmallest(k - len(ranked), [(-kth, -count(a, 0), a)
+                                                for a in map(ids.__getitem__, tied)])
     top = [(-neg, a) for neg, _, a in heapq.nsmallest(k, ranked)]  # plain tuples: no key calls
     weights = state.weights
     out = [

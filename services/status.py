@@ -37,6 +37,7 @@ class Status:
     lag: dict[str, list[PartitionLag]] = field(default_factory=dict)  # group -> partitions
     lag_errors: dict[str, str] = field(default_factory=dict)
     dlq_messages: int | None = None
+    stalled: float | None = None  # agents partitions owned, with lag, not moving (streams.stalls)
     rates: dict[str, float | None] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
 
@@ -95,6 +96,8 @@ def gather(settings: Settings, urls: dict[str, str], interval_s: float = 2.0,
     second = {role: scrape(url) for role, url in urls.items()}
     if first.get("sink") is None and second.get("sink") is None:  # sluice up: on the gateway's
         first["sink"], second["sink"] = first.get("gateway"), second.get("gateway")
+    if second.get("agents") is not None:
+        status.stalled = totals(second["agents"]).get("sluice_agents_stalled_partitions", 0.0)
     for name, (role, sample, kind) in RATES.items():
         key = f"{sample}:{kind}" if kind else sample
         if first.get(role) is None or second.get(role) is None:
@@ -138,6 +141,10 @@ def render(status: Status) -> Group:
         rates.add_row(name, "-" if rate is None else f"{rate:,.1f}")
     dlq = "unknown" if status.dlq_messages is None else str(status.dlq_messages)
     rates.add_row("DLQ topic holds (messages)", dlq)
+    if status.stalled is not None:
+        stalled = int(status.stalled)
+        rates.add_row("agents partitions stalled (healing)",
+                      f"[red]{stalled}[/]" if stalled else "0")
     roles = Table(title="Metrics endpoints")
     roles.add_column("role")
     roles.add_column("url")

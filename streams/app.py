@@ -45,7 +45,9 @@ from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
+from streams.rebalance import drop_fetches_across_rebalances
 from streams.recovery import check_highwaters
+from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
 from streams.update import apply_messages, chunks, events_in, split_by_user
 
@@ -142,6 +144,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
     slot 0 of the app id's directory under the data dir."""
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
+    drop_fetches_across_rebalances()
     check_highwaters(settings.bootstrap)
     # not ./<app id>-data in whatever the cwd is
     datadir = datadir or app_dir(settings) / "0"
@@ -262,12 +265,28 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         stats["messages"] += len(changes.run)
         _observe(changes.run, states.users(owned_partitions(app)))
 
+    stalls = Stalls(app, settings, lambda: reads.serving)
+
+    @app.timer(settings.agents_stall_s / 4)
+    async def watch_stalls() -> None:
+        await stalls.check()
+
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:
         # partitions: the source partitions this worker owns now (0 until it joined);
-        # serving: those it has recovered and answers reads for
+        # serving: those it has recovered and answers reads for; stalled: see streams.stalls
         return web.json(stats | {"partitions": len(owned_partitions(app)),
-                                 "serving": len(reads.serving)})
+                                 "serving": len(reads.serving),
+                                 "stalled": sorted(stalls.stalled), "stall_heals": stalls.heals})
+
+    @app.page("/readyz")
+    async def get_readyz(web: Any, request: Any) -> Any:
+        # ready: every partition this worker owns is recovered, served and moving
+        owned = owned_partitions(app)
+        ready = not app.rebalancing and owned <= reads.serving and not stalls.stalled
+        return web.json({"ready": ready, "rebalancing": bool(app.rebalancing),
+                         "owned": sorted(owned), "serving": sorted(reads.serving),
+                         "stalled": sorted(stalls.stalled)}, status=200 if ready else 503)
 
     LAG.watch(settings.bootstrap, settings.agents_app_id, [settings.topic_events])
 

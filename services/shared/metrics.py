@@ -89,6 +89,14 @@ STATE_FRESHNESS = Histogram(
 STATE_USERS = Gauge(
     "sluice_agents_state_users", "User records this agents worker holds (its partitions').",
     multiprocess_mode="livesum")
+STALLED_PARTITIONS = Gauge(
+    "sluice_agents_stalled_partitions", "Source partitions this agents worker owns whose "
+    "committed offset has not moved for SLUICE_AGENTS_STALL_S while they have lag (healed "
+    "by a seek to the committed offset; alert when it stays above 0).",
+    multiprocess_mode="livesum")
+STALL_HEALS = Counter(
+    "sluice_agents_stall_heals", "Seeks of a stalled source partition back to its committed "
+    "offset (the events after it are read again; applied ones are skipped).")
 
 # --- sink and agents: sluice_consumer_lag{group,topic,partition}, see services.shared.lag
 

@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     agents_batch_events: int = Field(
         20_000, description="Most events a worker applies at once: a batch of messages holding "
         "more is applied in runs of at most this many (a worker's memory grows with it).")
+    agents_stall_s: float = Field(
+        20.0, gt=0, description="A source partition a worker owns whose committed offset has "
+        "not moved for this long while it has lag counts as stalled: shown (/readyz, "
+        "sluice_agents_stalled_partitions, `sluice status`) and healed by a seek to its "
+        "committed offset. Faust commits every 2.8 s, so this is several commits missed."
+    )
     agents_fetch_max_wait_ms: int = Field(
         50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."
     )

@@ -215,6 +215,11 @@ def state_table(r: dict[str, Any]) -> Table:
         table.add_row(f"{base}, {readers}",
                       f"{row['requests_per_s']:,.0f} req/s, p50/p99 {row['p50_ms']:.1f}/"
                       f"{row['p99_ms']:.1f} ms, non-2xx {row['non_2xx']}", "p99 < 20 ms")
+    for paced in ("", ", paced"):  # issue 21: ranking may cost a read no more than that
+        weights, recs = reads.get(f"label-weights{paced}"), reads.get(f"recommendations{paced}")
+        if weights and recs:
+            table.add_row(f"recommendations p99 / label-weights p99{paced}",
+                          f"{recs['p99_ms'] / weights['p99_ms']:.1f}x", "<= 3x")
     table.add_row("worker SIGKILLed, restarted: reads right again",
                   f"{restart['serving_s']} s ({restart['probes_wrong']} of 20 probes wrong)",
                   "<= 10 s")

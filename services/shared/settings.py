@@ -193,7 +193,10 @@ class Settings(BaseSettings):
         30.0, description="POST /events?wait=user|stored: how long it waits for that level "
         "before answering 202 with a receipt (GET /receipts/{receipt})."
     )
-    popularity_ttl_s: float = Field(2.0, description="How long program popularity is cached.")
+    popularity_ttl_s: float = Field(
+        2.0, description="How often program popularity is refreshed (one query in the "
+        "background; reads get the last value meanwhile)."
+    )
 
     def dialect_waits_for_state(self, program_id: str) -> bool:
         """Whether a vendor dialect's post for ``program_id`` waits for user state."""

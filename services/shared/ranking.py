@@ -15,6 +15,7 @@ broker. Weights are kept "as of" the user's newest event time (``ref_ts``); see
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from services.shared.topk import TieOrder, top_k
 
 if TYPE_CHECKING:
     from services.shared.settings import Settings
@@ -116,19 +119,28 @@ def label_weights(state: UserState) -> list[tuple[str, float]]:
     return sorted(state.weights.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-class Popularity:
-    """Program-wide event count per asset; tie-breaker and cold-start source."""
+_TOKENS = itertools.count(1)
 
-    __slots__ = ("_counts",)
+
+class Popularity:
+    """Program-wide event count per asset; tie-breaker and cold-start source.
+
+    ``_token`` is new for every change (unique across instances, unlike ``id``): ranking
+    caches its tie order per token.
+    """
+
+    __slots__ = ("_counts", "_token")
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
         self._counts: dict[str, int] = {}
+        self._token = 0  # all empty popularities are alike
         for asset_id, n in (counts or {}).items():
             self.add(asset_id, n)
 
     def add(self, asset_id: str, n: int = 1) -> None:
         """Count ``n`` more events for the asset (negative ``n`` un-counts; <= 0 is dropped)."""
         total = self._counts.get(asset_id, 0) + n
+        self._token = next(_TOKENS)
         if total > 0:
             self._counts[asset_id] = total
         else:
@@ -155,10 +167,11 @@ class Catalog(Mapping[str, tuple[str, ...]]):
     Each asset also has a fixed position (kept when it is deleted), and each label's postings
     an array of positions, built when a recommendation first needs it after a change to that
     label: scoring is then one numpy add per user label instead of one dict update per
-    posting (a dense catalog's label holds thousands of assets).
+    posting (a dense catalog's label holds thousands of assets). ``_ties`` orders the slots
+    for ranking's tie-break (``services/shared/topk.py``).
     """
 
-    __slots__ = ("_arrays", "_ids", "_index", "_labels", "_position")
+    __slots__ = ("_arrays", "_ids", "_index", "_labels", "_position", "_ties")
 
     def __init__(self, assets: Mapping[str, Iterable[str]] | None = None) -> None:
         self._labels: dict[str, tuple[str, ...]] = {}
@@ -166,6 +179,7 @@ class Catalog(Mapping[str, tuple[str, ...]]):
         self._position: dict[str, int] = {}  # asset id -> its slot in a scores array
         self._ids: list[str] = []  # slot -> asset id
         self._arrays: dict[str, np.ndarray] = {}  # label -> its postings' slots (cache)
+        self._ties = TieOrder()
         for asset_id, labels in (assets or {}).items():
             self.upsert(asset_id, labels)
 
@@ -278,22 +292,10 @@ def recommend(
     for asset_id in excluded:
         if (slot := cat._position.get(asset_id)) is not None:
             scores[slot] = 0.0
-    positive = np.flatnonzero(scores > 0.0)
-    ids, count = cat._ids, popularity._counts.get
-    tied: list[int] = []
-    kth = 0.0
-    if len(positive) > k:
-        # the top k: every asset above the k-th best score (found on the bare floats), then
-        # those at exactly that score by popularity and id (a dense catalog ties many)
-        at = scores[positive]
-        kth = float(np.partition(at, len(at) - k)[len(at) - k])
-        tied = positive[at == kth].tolist()
-        positive = positive[at > kth]
-    ranked = [(-s, -count(ids[i], 0), ids[i])
-              for i, s in zip(positive.tolist(), scores[positive].tolist(), strict=True)]
-    ranked += heapq.nsmallest(k - len(ranked), [(-kth, -count(a, 0), a)
-                                                for a in map(ids.__getitem__, tied)])
-    top = [(-neg, a) for neg, _, a in heapq.nsmallest(k, ranked)]  # plain tuples: no key calls
+    counts = popularity._counts
+    token = popularity._token if counts else 0
+    top = top_k(scores, k, cat._ids, counts.get,
+                lambda: cat._ties.ranks(cat._ids, cat._position, counts, token))
     weights = state.weights
     out = [
         Recommendation(

@@ -77,3 +77,19 @@ def test_keda_scales_both_groups_on_lag_never_beyond_the_partitions() -> None:
                       "sluice-agents": Settings().agents_app_id}
     gateway = list(yaml.safe_load_all((REPO_ROOT / "deploy/k8s/gateway.yaml").read_text()))
     assert any(o["kind"] == "HorizontalPodAutoscaler" for o in gateway)  # the gateway: CPU
+
+
+def test_the_alerts_are_loaded_and_name_metrics_the_roles_export() -> None:
+    import re
+
+    config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    assert ("./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"
+            in compose["services"]["prometheus"]["volumes"])
+    rules = yaml.safe_load((REPO_ROOT / "deploy/prometheus/alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert exprs
+    for expr in exprs:
+        names = set(re.findall(r"\bsluice_[a-z_]+", expr))
+        assert names and names <= exported(), (expr, names - exported())

@@ -45,7 +45,7 @@ from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
-from streams.rebalance import drop_fetches_across_rebalances
+from streams.rebalance import SourceOrder, keep_source_offsets_contiguous
 from streams.recovery import check_highwaters
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
@@ -144,7 +144,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
     slot 0 of the app id's directory under the data dir."""
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
-    drop_fetches_across_rebalances()
+    keep_source_offsets_contiguous(settings.topic_events)
     check_highwaters(settings.bootstrap)
     # not ./<app id>-data in whatever the cwd is
     datadir = datadir or app_dir(settings) / "0"
@@ -193,6 +193,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     stats = {"messages": 0, "runs": 0, "users_written": 0, "changelog_recovered": 0,
              "changelog_standby": 0}
     changelog = Publisher(settings)
+    order = SourceOrder(app, patience=10 * settings.agents_batch_max)
+    app.on_partitions_assigned.connect(order.assigned)
     _count_changelog_reads(app, user_state, stats)
 
     @app.agent(events, name="update-users")
@@ -210,6 +212,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             # applied in runs of at most agents_batch_events events (a worker's memory grows
             # with them); the batch is acked (so committed by Faust) once every run's state
             # is in the changelog and the store
+            batch, seeks = order.admit(batch)
+            if seeks:
+                await order.seek_back(seeks)
             runs = 0
             for run in chunks(batch, settings.agents_batch_events,
                               lambda event: event.message.value):
@@ -277,7 +282,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         # serving: those it has recovered and answers reads for; stalled: see streams.stalls
         return web.json(stats | {"partitions": len(owned_partitions(app)),
                                  "serving": len(reads.serving),
-                                 "stalled": sorted(stalls.stalled), "stall_heals": stalls.heals})
+                                 "stalled": sorted(stalls.stalled), "stall_heals": stalls.heals,
+                                 "holes": order.holes})
 
     @app.page("/readyz")
     async def get_readyz(web: Any, request: Any) -> Any:

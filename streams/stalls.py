@@ -30,6 +30,7 @@ from faust.types import TP
 from services.shared.lag import PartitionLag, group_lag, offsets_reader
 from services.shared.metrics import STALL_HEALS, STALLED_PARTITIONS
 from services.shared.settings import Settings
+from streams.reads import owned_partitions
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,18 @@ class Stalls:
         except KafkaException as exc:  # a broker that does not answer: nothing to judge by
             log.debug("agents: could not read the group's offsets: %r", exc)
             return
-        stalled = self.clock.observe(lags, self._serving(), time.monotonic())
+        if self.app.rebalancing:  # began while the offsets were read
+            return
+        owned = self._serving() & owned_partitions(self.app)
+        stalled = self.clock.observe(lags, owned, time.monotonic())
         self.stalled = frozenset(lag.partition for lag in stalled)
         STALLED_PARTITIONS.set(len(stalled))
         for lag in stalled:
-            await self.heal(lag)
+            try:
+                await self.heal(lag)
+            except Exception as exc:  # noqa: BLE001 - e.g. the partition just moved: a timer
+                # that raised would crash the worker; the next check decides again
+                log.warning("agents: partition %d not healed: %r", lag.partition, exc)
 
     async def heal(self, lag: PartitionLag) -> None:
         # from the committed offset (or the partition's start when nothing was committed)
@@ -109,6 +117,8 @@ class Stalls:
                     lag.committed, lag.end, self.settings.agents_stall_s)
         consumer = self.app.consumer
         tp = TP(self.topic, lag.partition)
+        if tp not in consumer.assignment():
+            return
         # Faust's bookkeeping of the partition (private; faust-streaming<0.16 is pinned):
         # acks from the committed offset on count again, no old gap or ack is carried over
         consumer._committed_offset[tp] = offset or None

@@ -12,15 +12,10 @@ user's partition, on the worker's web port:
   once every user K holds source message (P, O) in its durable state, or after t seconds
   with ``{"applied": false}``.
 
-A worker answers only for partitions whose records it holds current: those it owned in
-the last generation, until the next assignment says it lost them, and those it was given,
-once its table recovery read their changelog to the end. A rebalance stops every worker's
-processing from its start until each new owner's recovery ends (Faust rebalances eagerly),
-so during it the previous owner's records are the current ones: it goes on answering them
-instead of leaving reads without an owner for the rebalance's length. Otherwise it answers
-``503`` (``moved``: the gateway asks for the owner map again), so a read never sees a store
-that is behind or no longer its own. Waiters of a lost partition are answered ``moved``
-and move to the new owner.
+A worker answers only for partitions it owns *and* has recovered: from a rebalance's
+start until its table recovery ends it answers ``503`` (``moved``: the gateway asks for
+the owner map again), so a read never sees a store that is behind or no longer its own.
+Waiters of a revoked partition are answered ``moved`` too and move to the new owner.
 """
 
 from __future__ import annotations
@@ -53,18 +48,16 @@ class OwnedReads:
         self.serving: frozenset[int] = frozenset()  # recovered partitions of this generation
         self.applied: dict[int, int] = {}  # partition -> newest source offset in the store
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
-        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
         app.on_rebalance_complete.connect(self._on_recovered)
 
-    def _on_assigned(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
-        """The new assignment: keep serving what stays ours (nobody applied anything since
-        the rebalance began), stop serving what left; move the waiters of what left on."""
-        owned = owned_partitions(self.app)
-        lost = self.serving - owned
-        self.serving = self.serving & owned
-        for partition in lost:
-            self.applied.pop(partition, None)
-            for _offset, future in self._waiters.pop(partition, []):
+    def _on_revoked(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        """A rebalance starts: serve nothing until recovery ends; move every waiter on."""
+        self.serving = frozenset()
+        self.applied.clear()
+        waiters, self._waiters = self._waiters, defaultdict(list)
+        for pending in waiters.values():
+            for _offset, future in pending:
                 if not future.done():
                     future.set_exception(Moved())
 

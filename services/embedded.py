@@ -117,6 +117,16 @@ class _Stop(Exception):
     """SIGTERM or SIGINT while a generation starts: unwind it."""
 
 
+def _caused_by_stop(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a _Stop."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, _Stop):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class Supervisor:
     """Starts a generation, watches it, restarts what died; see the module's docstring."""
 
@@ -155,6 +165,12 @@ class Supervisor:
             self._supervise()
         except _Stop:
             pass
+        except Exception as exc:
+            # _Stop raised inside a library call that wrapped it in its own error on the
+            # way out (clickhouse-connect's chDB backend: "DatabaseError: The ClickHouse
+            # server returned an error" when SIGTERM lands in a query of the start)
+            if not _caused_by_stop(exc):
+                raise
         finally:
             self._unwind_on_signal = False
             try:

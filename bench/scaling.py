@@ -136,18 +136,17 @@ def lag_of(settings: Settings, reader_consumer: Any) -> int:
                                         [settings.topic_events], timeout_s=5))
 
 
-def applied(workers: list[AgentsProcess]) -> int:
-    """Messages applied by every worker so far (a dead one's count is what it last said)."""
-    total = 0
+def applied(workers: list[AgentsProcess], last: dict[int, int]) -> int:
+    """Messages applied by every worker so far; ``last`` keeps each worker's last answer
+    (by pid), which stands for one that no longer answers (killed)."""
     for worker in workers:
         try:
             stats = worker.stats()
-        except RuntimeError:
+        except RuntimeError:  # exited
             stats = None
-        total += (stats or {}).get("messages", getattr(worker, "last_messages", 0))
         if stats:
-            worker.last_messages = stats["messages"]  # type: ignore[attr-defined]
-    return total
+            last[worker.pid] = stats["messages"]
+    return sum(last.get(worker.pid, 0) for worker in workers)
 
 
 def run(bootstrap: str, workdir: Path, burst_s: float = 6.0, burst_rate: float = 150_000,
@@ -174,6 +173,7 @@ def run(bootstrap: str, workdir: Path, burst_s: float = 6.0, burst_rate: float =
     offsets = offsets_reader(bootstrap, settings.agents_app_id)
     r: dict[str, Any] = {"readers": READERS, "overload": overload}
     marks: dict[str, float] = {}
+    seen: dict[int, int] = {}  # worker pid -> messages it last said it applied
     try:
         first.wait_serving()
         gw.wait_ready()
@@ -192,9 +192,9 @@ def run(bootstrap: str, workdir: Path, burst_s: float = 6.0, burst_rate: float =
         load.set_rate(burst_rate)
         load.start()
         time.sleep(2)  # the first batches: group join and fetch warm-up
-        t0, m0 = time.monotonic(), applied(workers)
+        t0, m0 = time.monotonic(), applied(workers, seen)
         time.sleep(burst_s)
-        c1 = (applied(workers) - m0) * events_per_message / (time.monotonic() - t0)
+        c1 = (applied(workers, seen) - m0) * events_per_message / (time.monotonic() - t0)
         r["one_worker_events_per_s"] = round(c1)
         # 2. a load it cannot hold; two workers join
         load.set_rate(overload * c1)
@@ -219,10 +219,10 @@ def run(bootstrap: str, workdir: Path, burst_s: float = 6.0, burst_rate: float =
             time.sleep(0.5)
         r["peak_lag_messages"] = peak_lag
         r["drain_s"] = round(drained_at - marks["join"], 1) if drained_at else None
-        t0, m0 = time.monotonic(), applied(workers)
+        t0, m0 = time.monotonic(), applied(workers, seen)
         time.sleep(5)
         r["three_workers_events_per_s"] = round(
-            (applied(workers) - m0) * events_per_message / (time.monotonic() - t0))
+            (applied(workers, seen) - m0) * events_per_message / (time.monotonic() - t0))
         r["messages_per_worker"] = [(w.stats() or {}).get("messages") for w in workers]
         r["produced_events"] = load.events
         # 3. a SIGKILL and a SIGTERM under the load

@@ -209,12 +209,13 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         async for batch in stream.take_events(  # type: ignore[attr-defined]
             settings.agents_batch_max, within=settings.agents_batch_seconds
         ):
-            # applied in runs of at most agents_batch_events events (a worker's memory grows
-            # with them); the batch is acked (so committed by Faust) once every run's state
-            # is in the changelog and the store
+            # only what continues each partition without a hole (streams.rebalance)
             batch, seeks = order.admit(batch)
             if seeks:
                 await order.seek_back(seeks)
+            # applied in runs of at most agents_batch_events events (a worker's memory grows
+            # with them); the batch is acked (so committed by Faust) once every run's state
+            # is in the changelog and the store
             runs = 0
             for run in chunks(batch, settings.agents_batch_events,
                               lambda event: event.message.value):

@@ -105,8 +105,6 @@ def keep_source_offsets_contiguous(topic: str) -> None:
     Consumer.seek = _seek  # type: ignore[method-assign,assignment]
 
 
-
-
 class SourceOrder:
     """The agent's own check, before it applies a batch: each partition's messages continue
     from the offset the last seek of it set, then one after the other. A user's record keeps

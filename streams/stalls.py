@@ -3,11 +3,12 @@
 A partition is stalled when this worker owns and serves it, the group's committed offset
 for it is behind the partition's end, and that offset has not moved for
 ``SLUICE_AGENTS_STALL_S`` (Faust commits every 2.8 s while it acks). Two ways to get there
-were seen under rebalances: Faust skipping records it took for a compaction gap (offsets
-that are then never acked, so never committed past; see streams.rebalance), and a worker
-that was leaving committing an older offset after the new owner had committed further
-(Tansu takes a commit from a member of an older generation; Kafka refuses it). Either way
-the partition's lag never drains and a restart would re-read from there.
+are known: Faust skipping records it took for a compaction gap (offsets that are then never
+acked, so never committed past; see streams.rebalance), and a member's late commit of an
+older offset after the owner had committed further (Tansu takes one with a current
+member's id and generation; whether it refuses an older generation's, as Kafka does, was
+not checked). Either way the partition's lag never drains and a restart would re-read
+from there.
 
 The heal is always safe: seek the partition back to its committed offset, with Faust's
 bookkeeping of it reset, so everything after it is read again. Events already applied are

@@ -59,11 +59,7 @@ DISTINCT_REQUESTS = 50  # distinct requests built (through the gateway's ingest)
 def env_for(settings: Settings) -> dict[str, str]:
     """The SLUICE_* environment that makes a child process use ``settings``
     (as tests/integration/conftest.py does for its worker processes)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"SLUICE_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | settings.environment()
 
 
 def bench_settings(bootstrap: str, workdir: Path, prefix: str) -> Settings:

@@ -170,7 +170,7 @@ def run(bootstrap: str, workdir: Path, burst_s: float = 6.0, burst_rate: float =
     reads = [Reads() for _ in range(READERS)]
     threads: list[threading.Thread] = []
     load = Load(settings)
-    offsets = offsets_reader(bootstrap, settings.agents_app_id)
+    offsets = offsets_reader(settings, settings.agents_app_id)
     r: dict[str, Any] = {"readers": READERS, "overload": overload}
     marks: dict[str, float] = {}
     seen: dict[int, int] = {}  # worker pid -> messages it last said it applied

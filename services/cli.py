@@ -241,5 +241,23 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (see `sluic
     typer.echo(f"revoked {record.kind} key {record.id} of program {record.program!r}")
 
 
+def main() -> None:
+    """``sluice``: a start that cannot go on (settings no broker would accept, a broker that
+    refuses this client) ends in one line naming what to fix, exit status 2, no traceback."""
+    from pydantic import ValidationError
+
+    from services.shared.kafka_security import KafkaRefused
+
+    try:
+        app()
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        typer.echo(f"sluice: invalid settings: {reasons}", err=True)
+        raise SystemExit(2) from None
+    except KafkaRefused as exc:
+        typer.echo(f"sluice: cannot start: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -53,6 +53,7 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from services.gateway.app import create_app
+from services.shared import kafka_security
 from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import tune_gc
@@ -215,7 +216,8 @@ class Supervisor:
             console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
             console.print(f"  gateway     {base}   docs {base}/docs")
             broker_kind = "embedded Tansu, in memory" if self.broker else "external"
-            console.print(f"  kafka       {settings.bootstrap}   ({broker_kind})")
+            console.print(f"  kafka       {settings.bootstrap}   ({broker_kind}; "
+                          f"{kafka_security.describe(settings)})")
             console.print(f"  clickhouse  {settings.clickhouse_dsn}")
             console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
             console.print(f"  agents      stats http://{settings.http_host}:"
@@ -316,7 +318,7 @@ class Supervisor:
         brings a fresh broker: a sink still rejoining its group after a broker stall would
         otherwise leave acked events behind."""
         topics = [self.settings.topic_events, self.settings.topic_assets]
-        reader = offsets_reader(self.settings.bootstrap, self.settings.sink_group)
+        reader = offsets_reader(self.settings, self.settings.sink_group)
         deadline = time.monotonic() + DRAIN_WAIT_S
         try:
             while time.monotonic() < deadline:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.table import Table
 
+from services.shared.kafka_security import REFUSED
 from services.shared.lag import PartitionLag, group_lag, offsets_reader
 from services.shared.settings import Settings
 
@@ -82,13 +83,14 @@ def gather(settings: Settings, urls: dict[str, str], interval_s: float = 2.0,
     groups = {settings.sink_group: [settings.topic_events, settings.topic_assets],
               settings.agents_app_id: [settings.topic_events]}
     for group, topics in groups.items():
-        reader = offsets_reader(settings.bootstrap, group)
+        reader = offsets_reader(settings, group)
         try:
             status.lag[group] = group_lag(reader, group, topics, timeout_s=5)
             if group == settings.sink_group:
                 status.dlq_messages = _messages(reader, settings.topic_dlq)
         except KafkaException as exc:
-            status.lag_errors[group] = str(exc)
+            reader.poll(0)  # serves the error callback: a refusal says why
+            status.lag_errors[group] = REFUSED.recent() or str(exc)
         finally:
             reader.close()
     time.sleep(max(0.0, interval_s - (time.monotonic() - began)))

@@ -31,6 +31,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from services.shared.events import KEY_SEPARATOR
 from services.shared.gc_tuning import release_free_heap
+from services.shared.kafka_security import REFUSED, faust_credentials
 from services.shared.lag import LAG
 from services.shared.metrics import (
     AGENTS_EVENTS,
@@ -145,13 +146,14 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     slot 0 of the app id's directory under the data dir."""
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
     keep_source_offsets_contiguous(settings.topic_events)
-    check_highwaters(settings.bootstrap)
+    check_highwaters(settings)
     # not ./<app id>-data in whatever the cwd is
     datadir = datadir or app_dir(settings) / "0"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.agents_app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=faust_credentials(settings),  # TLS / SASL, as every other client
         store=f"{settings.agents_store}://",
         datadir=str(datadir),
         table_standby_replicas=settings.agents_standby_replicas,
@@ -290,12 +292,15 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     async def get_readyz(web: Any, request: Any) -> Any:
         # ready: every partition this worker owns is recovered, served and moving
         owned = owned_partitions(app)
-        ready = not app.rebalancing and owned <= reads.serving and not stalls.stalled
+        refused = REFUSED.recent()  # the changelog producer's or lag reader's last refusal
+        ready = (not app.rebalancing and owned <= reads.serving and not stalls.stalled
+                 and refused is None)
         return web.json({"ready": ready, "rebalancing": bool(app.rebalancing),
                          "owned": sorted(owned), "serving": sorted(reads.serving),
-                         "stalled": sorted(stalls.stalled)}, status=200 if ready else 503)
+                         "stalled": sorted(stalls.stalled), "kafka": refused or "ok"},
+                        status=200 if ready else 503)
 
-    LAG.watch(settings.bootstrap, settings.agents_app_id, [settings.topic_events])
+    LAG.watch(settings, settings.agents_app_id, [settings.topic_events])
 
     @app.page("/metrics")
     async def get_metrics(web: Any, request: Any) -> Any:

@@ -22,7 +22,7 @@ from rich.progress import Progress
 from services.shared.assets import asset_key, encode_asset, iso_utc
 from services.shared.clickhouse import Store
 from services.shared.events import message_key, partition_for
-from services.shared.kafka import LIBRDKAFKA_LOG, produce_waiting, producer_config
+from services.shared.kafka import client_config, produce_waiting, producer_config
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
@@ -104,7 +104,7 @@ def running_agents(settings: Settings) -> int:
     reports none even while workers run, so there the operator's word has to do."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(client_config(settings))  # type: ignore[arg-type]
     try:
         group = settings.agents_app_id
         described = admin.describe_consumer_groups([group])[group].result(10)
@@ -115,8 +115,7 @@ def running_agents(settings: Settings) -> int:
 
 def _agents_positions(settings: Settings) -> dict[int, int]:
     """The agents' committed offset per events partition (none: an empty dict)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap,
-                         "group.id": settings.agents_app_id, "logger": LIBRDKAFKA_LOG})
+    consumer = Consumer(client_config(settings) | {"group.id": settings.agents_app_id})
     try:
         wanted = [TopicPartition(settings.topic_events, p) for p in range(settings.events_partitions)]
         committed = consumer.committed(wanted, timeout=10)

@@ -25,21 +25,22 @@ from confluent_kafka import Consumer, TopicPartition
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
-from services.shared.kafka import LIBRDKAFKA_LOG
+from services.shared.kafka import client_config
+from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def fetched_ends(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 5.0) -> dict[TP, int]:
+def fetched_ends(settings: Settings, ends: Mapping[TP, int], timeout_s: float = 5.0) -> dict[TP, int]:
     """The log end offset of each partition as a Fetch of its last batch reports it (the
     high watermark), given ``ends`` as ListOffsets reported them. Partitions reported empty
     are left out; so is one whose fetch did not answer within ``timeout_s`` (logged)."""
     want = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end > 0}
     if not want:
         return {}
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"sluice-recovery-{uuid.uuid4().hex}",
-        "enable.auto.commit": False, "fetch.wait.max.ms": 10, "logger": LIBRDKAFKA_LOG,
+    consumer = Consumer(client_config(settings) | {
+        "group.id": f"sluice-recovery-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "fetch.wait.max.ms": 10,
     })
     out: dict[TP, int] = {}
     try:
@@ -62,16 +63,16 @@ def fetched_ends(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 5.0)
     return out
 
 
-_PATCHED: list[str] = []
+_PATCHED: list[Settings] = []
 
 
-def check_highwaters(bootstrap: str) -> None:
+def check_highwaters(settings: Settings) -> None:
     """Make Faust's recovery (in this process) use the fetched end offsets where they are
-    larger. Idempotent; the bootstrap of the last call wins (one app per process)."""
+    larger. Idempotent; the settings of the last call win (one app per process)."""
     if _PATCHED:
-        _PATCHED[0] = bootstrap
+        _PATCHED[0] = settings
         return
-    _PATCHED.append(bootstrap)
+    _PATCHED.append(settings)
     build = Recovery._build_highwaters
 
     async def _build_highwaters(self: Recovery, consumer: Any, tps: Any, destination: Any,

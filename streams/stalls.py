@@ -83,7 +83,7 @@ class Stalls:
 
     def _lags(self) -> list[PartitionLag]:
         if self._reader is None:
-            self._reader = offsets_reader(self.settings.bootstrap, self.settings.agents_app_id)
+            self._reader = offsets_reader(self.settings, self.settings.agents_app_id)
         return group_lag(self._reader, self.settings.agents_app_id, [self.topic], timeout_s=5)
 
     async def check(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.shared.kafka import client_config
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.settings import Settings
 
@@ -64,7 +65,7 @@ class Live:
         for group, topics in ((s.sink_group, [s.topic_events]), (s.agents_app_id, [s.topic_events])):
             reader = self._readers.get(group)
             if reader is None:
-                reader = self._readers[group] = offsets_reader(s.bootstrap, group)
+                reader = self._readers[group] = offsets_reader(s, group)
             try:
                 rows += [{"group": r.group, "topic": r.topic, "partition": r.partition,
                           "lag": r.lag} for r in group_lag(reader, group, topics)]
@@ -82,9 +83,10 @@ class Live:
 
     def _follow(self) -> None:
         s = self.settings
-        consumer = Consumer({"bootstrap.servers": s.bootstrap, "enable.auto.commit": False,
-                             "group.id": f"sluice-ui-{uuid.uuid4().hex[:8]}",  # never joins
-                             "logger": logging.getLogger("librdkafka")})
+        consumer = Consumer(client_config(s) | {
+            "enable.auto.commit": False,
+            "group.id": f"sluice-ui-{uuid.uuid4().hex[:8]}",  # never joins
+        })
         try:
             consumer.assign(self._starts(consumer, [s.topic_events, s.topic_dlq]))
             while self._running and time.monotonic() - self._seen < IDLE_S:

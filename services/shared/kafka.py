@@ -15,15 +15,31 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from services.shared.kafka_security import (
+    REFUSED,
+    KafkaRefused,
+    librdkafka_security,
+    warn_if_unverified,
+)
 from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
-def producer_config(settings: Settings) -> dict[str, object]:
+def client_config(settings: Settings) -> dict[str, object]:
+    """What every librdkafka client of Sluice starts from: where the brokers are, how to
+    reach them (TLS, SASL), logs through Python's logging, refusals kept for /readyz."""
     return {
         "bootstrap.servers": settings.bootstrap,
+        "logger": LIBRDKAFKA_LOG,  # through Python's logging (SLUICE_LOG_FORMAT), not raw stderr
+        "error_cb": REFUSED.note,
+        "log.connection.close": False,  # idle broker disconnects are routine, not news
+    } | librdkafka_security(settings)
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    return client_config(settings) | {
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": settings.producer_linger_ms,
@@ -35,8 +51,6 @@ def producer_config(settings: Settings) -> dict[str, object]:
         # answers 503 before that anyway, so nothing is acknowledged that is not durable.
         "message.timeout.ms": int(settings.publish_timeout_s * 1000) + 1000,
         "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
-        "log.connection.close": False,  # idle broker disconnects are routine, not news
-        "logger": LIBRDKAFKA_LOG,  # through Python's logging (SLUICE_LOG_FORMAT), not raw stderr
     }
 
 
@@ -76,6 +90,7 @@ class HealingProducer:
     def check(self, err: KafkaError | None) -> None:
         """The error callback, and call it from delivery callbacks: a breaking error marks
         this producer broken."""
+        REFUSED.note(err)
         if err is not None and breaks_producer(err):
             self.mark_broken(err.str())
 
@@ -122,8 +137,7 @@ class HealingProducer:
 
 
 def consumer_config(settings: Settings, group: str) -> dict[str, object]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return client_config(settings) | {
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -132,8 +146,6 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "enable.partition.eof": False,
-        "log.connection.close": False,
-        "logger": LIBRDKAFKA_LOG,
         # Tansu answers a waiting fetch only when this wait ends, even if data came
         # (librdkafka's default: 500 ms): that is how late the sink sees a quiet stream,
         # and how late wait=stored answers at light load.
@@ -142,10 +154,11 @@ def consumer_config(settings: Settings, group: str) -> dict[str, object]:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the pipeline's topics if missing; waits for the broker to answer."""
-    admin_config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap,
-                                    "logger": LIBRDKAFKA_LOG}
-    admin = AdminClient(admin_config)
+    """Create the pipeline's topics if missing; waits for the broker to answer. Every role
+    calls it at start: a broker that refuses this client raises KafkaRefused, whose message
+    is the one line to show."""
+    warn_if_unverified(settings)
+    admin = AdminClient(client_config(settings))  # type: ignore[arg-type]
     compacted = {"cleanup.policy": "compact"}
     wanted: dict[str, tuple[int, dict[str, str]]] = {
         settings.topic_events: (settings.events_partitions, {}),
@@ -160,6 +173,10 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             existing = admin.list_topics(timeout=5).topics
             break
         except KafkaException:
+            admin.poll(0)  # serves the error callback: refusals are noted there
+            # a certificate or a password the broker refuses does not heal by waiting
+            if (refused := REFUSED.recent()) is not None:
+                raise KafkaRefused(f"{settings.bootstrap}: {refused}") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

@@ -26,6 +26,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.shared.kafka import client_config
+from services.shared.settings import Settings
+
 log = logging.getLogger(__name__)
 
 LAG_NAME = "sluice_consumer_lag"
@@ -43,11 +46,11 @@ class PartitionLag:
     lag: int
 
 
-def offsets_reader(bootstrap: str, group: str) -> Consumer:
+def offsets_reader(settings: Settings, group: str) -> Consumer:
     """A consumer that never subscribes: it only reads ``group``'s offsets (no join)."""
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                     "enable.auto.commit": False, "logger": logging.getLogger("librdkafka"),
-                     "client.id": f"sluice-lag-{uuid.uuid4().hex[:8]}"})
+    return Consumer(client_config(settings) | {
+        "group.id": group, "enable.auto.commit": False,
+        "client.id": f"sluice-lag-{uuid.uuid4().hex[:8]}"})
 
 
 def group_lag(reader: Consumer, group: str, topics: Iterable[str],
@@ -74,13 +77,13 @@ def group_lag(reader: Consumer, group: str, topics: Iterable[str],
 
 
 class _Watch:
-    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
-        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+    def __init__(self, settings: Settings, group: str, topics: list[str]) -> None:
+        self.settings, self.group, self.topics = settings, group, topics
         self._reader: Consumer | None = None  # made at the first scrape: no client until then
 
     def lag(self) -> list[PartitionLag]:
         if self._reader is None:
-            self._reader = offsets_reader(self.bootstrap, self.group)
+            self._reader = offsets_reader(self.settings, self.group)
         return group_lag(self._reader, self.group, self.topics)
 
     def close(self) -> None:
@@ -95,9 +98,9 @@ class LagCollector(Collector):
         self._watches: list[_Watch] = []
         self._lock = threading.Lock()  # a scrape at a time: the readers are not shared
 
-    def watch(self, bootstrap: str, group: str, topics: list[str]) -> object:
+    def watch(self, settings: Settings, group: str, topics: list[str]) -> object:
         """Report ``group``'s lag on ``topics`` until ``unwatch(handle)``."""
-        handle = _Watch(bootstrap, group, topics)
+        handle = _Watch(settings, group, topics)
         with self._lock:
             self._watches.append(handle)
         return handle

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import Gauge
 
 from services.shared.kafka import HealingProducer, producer_config
+from services.shared.kafka_security import REFUSED
 from services.shared.settings import Settings
 
 PARTITIONS_TTL_S = 30.0  # how often a publisher re-reads partition counts (scale-out)
@@ -161,7 +162,7 @@ class Publisher:
             return (f"{queued} messages wait in the local queue for the broker "
                     f"(bound {self.settings.producer_queue_bound})")
         if not self.broker_reachable():
-            return "broker unreachable"
+            return REFUSED.recent() or "broker unreachable"
         return None
 
     def abandon(self, reason: str) -> None:

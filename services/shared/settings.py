@@ -5,11 +5,12 @@ Built once per process (``Settings()``) and passed down, so tests build their ow
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from socket import gethostname
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,40 @@ class Settings(BaseSettings):
         None,
         description="Bootstrap servers of a real Kafka cluster. Unset: `sluice up` starts the "
         "embedded Tansu broker on embedded_broker_host:embedded_broker_port.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka's security.protocol, for every Kafka client of "
+        "every role (SSL and SASL_SSL: TLS, certificates verified)."
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the brokers' certificates. "
+        "Unset: the system's trust store (what managed Kafkas' public certificates need)."
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for mutual TLS (Aiven's default)."
+    )
+    kafka_ssl_key_location: Path | None = Field(None, description="Its private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="The key's password.")
+    kafka_ssl_verify: bool = Field(
+        True, description="Verify the brokers' certificates and host names. false: for a "
+        "test cluster only; every role logs a warning at start."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="librdkafka's sasl.mechanism (SASL_* protocols)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="PLAIN and SCRAM: the user (API key).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="PLAIN and SCRAM: the password (API secret).")
+    kafka_sasl_oauth_provider: str | None = Field(
+        None, description="OAUTHBEARER: where tokens come from: `msk_iam` (Amazon MSK IAM; "
+        "`pip install sluice[msk-iam]`, region from kafka_aws_region or AWS_REGION), or "
+        "`package.module:function` returning (token, expiry as epoch seconds)."
+    )
+    kafka_aws_region: str | None = Field(None, description="msk_iam: the cluster's AWS region.")
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict, description="Raw librdkafka properties for what is not named "
+        "here (JSON object), e.g. {\"sasl.oauthbearer.method\": \"oidc\", ...}; applied last, "
+        "to the roles' librdkafka clients (the agents' aiokafka clients take only the named "
+        "settings)."
     )
     embedded_broker_host: str = "127.0.0.1"
     embedded_broker_port: int = 9092
@@ -197,6 +232,45 @@ class Settings(BaseSettings):
         2.0, description="How often program popularity is refreshed (one query in the "
         "background; reads get the last value meanwhile)."
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        """Refuse at start what no broker would accept, naming the setting to fix."""
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(f"SLUICE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                             "needs SLUICE_KAFKA_SASL_MECHANISM")
+        if not sasl and self.kafka_sasl_mechanism is not None:
+            raise ValueError("SLUICE_KAFKA_SASL_MECHANISM is set but "
+                             f"SLUICE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}: "
+                             "use SASL_SSL (or SASL_PLAINTEXT)")
+        if self.kafka_sasl_mechanism == "OAUTHBEARER":
+            if not self.kafka_sasl_oauth_provider and "sasl.oauthbearer.method" not in self.kafka_extra:
+                raise ValueError("SLUICE_KAFKA_SASL_MECHANISM=OAUTHBEARER needs "
+                                 "SLUICE_KAFKA_SASL_OAUTH_PROVIDER (msk_iam or module:function)")
+        elif sasl and (self.kafka_sasl_username is None or self.kafka_sasl_password is None):
+            raise ValueError(f"SLUICE_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs "
+                             "SLUICE_KAFKA_SASL_USERNAME and SLUICE_KAFKA_SASL_PASSWORD")
+        if (self.kafka_ssl_certificate_location is None) != (self.kafka_ssl_key_location is None):
+            raise ValueError("mutual TLS needs both SLUICE_KAFKA_SSL_CERTIFICATE_LOCATION and "
+                             "SLUICE_KAFKA_SSL_KEY_LOCATION")
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """The SLUICE_* variables that make a child process (a role, a bench's worker) build
+        these same settings; secrets included, so keep it out of logs."""
+        dumped = self.model_dump(mode="json")
+        env: dict[str, str] = {}
+        for name, value in dumped.items():
+            raw = getattr(self, name)
+            if raw is None:
+                continue
+            if isinstance(raw, SecretStr):
+                value = raw.get_secret_value()
+            elif isinstance(value, dict | list):
+                value = json.dumps(value)
+            env[f"SLUICE_{name.upper()}"] = str(value)
+        return env
 
     def dialect_waits_for_state(self, program_id: str) -> bool:
         """Whether a vendor dialect's post for ``program_id`` waits for user state."""

@@ -72,7 +72,7 @@ class Sink:
         """Consume until ``stop()``; then drain, flush and close."""
         self._writer.start()
         self.consumer.subscribe(list(self.writers), on_revoke=self._on_revoke)
-        lag = LAG.watch(self.settings.bootstrap, self.settings.sink_group, list(self.writers))
+        lag = LAG.watch(self.settings, self.settings.sink_group, list(self.writers))
         try:
             while not self._stop.is_set():
                 self._check_writer()

@@ -227,16 +227,7 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout_s: float = 20.
 
 def env_for(settings: Settings) -> dict[str, str]:
     """The SLUICE_* environment that makes a child process use these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            import json
-
-            value = json.dumps(value)
-        env[f"SLUICE_{name.upper()}"] = str(value)
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | settings.environment()
 
 
 class Agents:

@@ -141,7 +141,7 @@ def test_workers_joining_and_leaving_under_load_apply_every_acked_event_once(
     assert sum(load.acked.values()) > 20 * REQUEST_EVENTS, "the load ran"
 
     # every partition consumed to its end by the one worker left, and every user whole
-    reader = offsets_reader(settings.bootstrap, settings.agents_app_id)
+    reader = offsets_reader(settings, settings.agents_app_id)
 
     def lag() -> dict[int, tuple[int, int]]:
         """partition -> (committed, end) where the group is behind."""
@@ -186,7 +186,7 @@ def test_a_partition_whose_commit_went_back_is_shown_stalled_and_healed_without_
     for _ in range(3):
         response = pipeline.post("/events?queue_updates=false", json={"events": batch}, headers=H)
         assert response.status_code == 200, response.text
-    reader = offsets_reader(settings.bootstrap, settings.agents_app_id)
+    reader = offsets_reader(settings, settings.agents_app_id)
 
     def lag() -> dict[int, tuple[int, int]]:
         return {p.partition: (p.committed, p.end) for p in group_lag(

@@ -117,7 +117,7 @@ def test_standalone_sink_serves_its_metrics_and_its_lag_on_its_own_port(
         settings: Settings, tmp_path: Path) -> None:
     ensure_topics(settings)
     produce_one_by_one(settings, wire("v", 6))
-    reader = offsets_reader(settings.bootstrap, settings.sink_group)
+    reader = offsets_reader(settings, settings.sink_group)
     try:  # nothing committed yet: the group lags by all 6
         assert sum(r.lag for r in group_lag(reader, settings.sink_group,
                                             [settings.topic_events])) == 6
@@ -151,7 +151,7 @@ def test_agents_count_events_freshness_and_their_lag(settings: Settings, gateway
     for n in (4, 3):
         response = client_post(gateway, n)
         assert response.status_code == 200, response.text
-    reader = offsets_reader(settings.bootstrap, settings.agents_app_id)
+    reader = offsets_reader(settings, settings.agents_app_id)
     try:  # >= 1: Tansu reports a lower bound (see lag.py)
         assert sum(r.lag for r in group_lag(reader, settings.agents_app_id,
                                             [settings.topic_events])) >= 1

@@ -27,11 +27,12 @@ EVENTS = {"events": [
 
 
 @contextmanager
-def sluice_up(data_dir: Path, log: Path) -> Iterator[str]:
+def sluice_up(data_dir: Path, log: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """``extra_env``: more SLUICE_* settings (an external broker, TLS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | {
         "SLUICE_DATA_DIR": str(data_dir), "SLUICE_HTTP_PORT": str(port := free_port()),
         "SLUICE_EMBEDDED_BROKER_PORT": str(free_port()), "SLUICE_AGENTS_WEB_PORT": str(free_port()),
-    }
+    } | (extra_env or {})
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -149,7 +149,7 @@ def test_recovery_reads_to_the_end_offset_a_fetch_reports(settings: Settings) ->
     consumer.close()
     assert 1 <= listed <= 12  # 1 on Tansu; 12 on Kafka
     tp, empty = TP(settings.topic_events, 0), TP(settings.topic_events, 1)
-    assert fetched_ends(settings.bootstrap, {tp: listed, empty: 0}) == {tp: 12}
+    assert fetched_ends(settings, {tp: listed, empty: 0}) == {tp: 12}
 
 
 def test_with_a_standby_a_takeover_reads_only_the_tail(

@@ -39,6 +39,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Producer
@@ -62,13 +63,15 @@ def env_for(settings: Settings) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")} | settings.environment()
 
 
-def bench_settings(bootstrap: str, workdir: Path, prefix: str) -> Settings:
-    """Fresh topics and app id (= consumer group and changelog topic) on ``bootstrap``."""
+def bench_settings(bootstrap: str, workdir: Path, prefix: str, **more: Any) -> Settings:
+    """Fresh topics and app id (= consumer group and changelog topic) on ``bootstrap``;
+    ``more``: other settings (TLS, in section 12)."""
     tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
     return Settings(
         kafka_bootstrap=bootstrap, data_dir=workdir / f"{tag}-data",
         topic_events=f"{tag}-events", topic_dlq=f"{tag}-events.dlq", topic_assets=f"{tag}-assets",
         agents_app_id=f"{tag}-agents", agents_web_port=free_port(), http_port=free_port(),
+        **more,
     )
 
 
@@ -173,10 +176,11 @@ def prefill(settings: Settings, n_events: int, users_per_request: int) -> tuple[
 
 
 def run_throughput(bootstrap: str, workdir: Path, n_events: int, users_per_request: int,
-                   limit_s: float = 15.0, startup_timeout_s: float = 90.0) -> AgentsResult:
+                   limit_s: float = 15.0, startup_timeout_s: float = 90.0,
+                   **more: Any) -> AgentsResult:
     """Pre-fill, then one worker from offset 0; polled every 20 ms. Stops at the last
     message, or ``limit_s`` after the first batch (the rate is then of what it did)."""
-    settings = bench_settings(bootstrap, workdir, f"bench-agents-{users_per_request}u")
+    settings = bench_settings(bootstrap, workdir, f"bench-agents-{users_per_request}u", **more)
     ensure_topics(settings)
     messages, events, prefill_s = prefill(settings, n_events, users_per_request)
     worker = AgentsProcess(settings, workdir)

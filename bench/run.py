@@ -22,7 +22,18 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import agents, dialects, gateway, producers, report, scaling, sink, small, user_reads
+from bench import (
+    agents,
+    dialects,
+    gateway,
+    producers,
+    report,
+    scaling,
+    sink,
+    small,
+    tls,
+    user_reads,
+)
 from bench.payload import api_body, users_body
 from bench.procs import cpu_seconds_by_pid, foreign_cpu_s, new_topic, peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
@@ -64,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="single-event load the agents must keep up with (section 9)")
     ap.add_argument("--state-users", type=int, default=1_000_000,
                     help="users the agents hold in section 10 (10000000: the 10M run, ~long)")
-    ap.add_argument("--only", choices=["dialects", "small", "state", "scaling"],
+    ap.add_argument("--only", choices=["dialects", "small", "state", "scaling", "tls"],
                     help="run one section alone (results in bench/out/<section>.json)")
     args = ap.parse_args(argv)
     if args.only == "dialects":
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return user_reads.run_alone(args.state_users, args.seconds)
     if args.only == "scaling":
         return scaling.run_alone()
+    if args.only == "tls":
+        return tls.run_alone(args.seconds, args.agents_events)
     started = time.perf_counter()
     cpu_before = cpu_seconds_by_pid()
     tansu_peaks: dict[str, float] = {}
@@ -160,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log.log("11. agents scaled 1 -> 3 under a load one worker cannot hold, "
                     f"{scaling.READERS} readers; then a SIGKILL and a SIGTERM")
             scaled = scaling.run(boot, work)
+        log.log("12. TLS: the gateway and one agents worker, plaintext then through TLS")
+        tls_costs = tls.run(work, args.seconds, args.agents_events)
         mix, worst = agent_runs[agents.MIX_USERS], agent_runs[agents.WORST_USERS]
     r["total_s"] = time.perf_counter() - started
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
@@ -180,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "agents_lag": small_lag.as_dict()}
     r["state"] = state
     r["scaling"] = scaled
+    r["tls"] = tls_costs
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,
                          "bench_sink_note": "bench process (sink thread + its Store) incl. chDB",
@@ -192,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wide_console().print(small.small_table(small_runs, args.seconds, lag=small_lag))
     wide_console().print(user_reads.state_table(state))
     wide_console().print(scaling.scaling_table(scaled))
+    wide_console().print(tls.tls_table(tls_costs))
     if full.sample_failure:
         log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")
     OUT.mkdir(parents=True, exist_ok=True)

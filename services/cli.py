@@ -137,6 +137,56 @@ def rebuild_state(
 
 
 @app.command()
+def migrate(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the statements for the "
+                                 "topology, each ending with ';', and connect to nothing"),
+    topology: str = typer.Option(None, help="single, replicated, sharded or cloud "
+                                 "(default: SLUICE_CLICKHOUSE_TOPOLOGY)"),
+    cluster: str = typer.Option(None, help="The cluster ON CLUSTER names (default: "
+                                "SLUICE_CLICKHOUSE_CLUSTER)"),
+) -> None:
+    """Bring the ClickHouse schema up to date: apply, in order, the migrations of
+    SLUICE_DDL_DIR not yet recorded in sluice_migrations (the only way it changes on the
+    replicated, sharded and cloud topologies)."""
+    from pydantic import ValidationError
+
+    from services.shared import migrations
+    from services.shared.clickhouse import connect, target
+
+    overrides: dict[str, str | None] = {}
+    if topology is not None:
+        overrides["clickhouse_topology"] = topology
+        if topology in ("single", "cloud") and cluster is None:
+            overrides["clickhouse_cluster"] = None  # the env's cluster is for another topology
+    if cluster is not None:
+        overrides["clickhouse_cluster"] = cluster
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        typer.echo(f"sluice migrate: {reasons}", err=True)
+        raise typer.Exit(2) from None
+    found = migrations.load(settings.ddl_dir)
+    if dry_run:
+        where = migrations.Target(settings.clickhouse_topology, settings.clickhouse_cluster)
+        typer.echo(migrations.script(found, where), nl=False)
+        return
+    from services.shared.logs import configure
+
+    configure(settings.log_format)
+    where = target(settings)
+    client = connect(settings.clickhouse_dsn)
+    try:
+        ran = migrations.apply(client, found, where)
+    finally:
+        client.close()
+    for name in ran:
+        typer.echo(f"applied {name}")
+    typer.echo(f"ClickHouse schema ({where.topology}) is up to date: {len(found)} migrations, "
+               f"{len(ran)} applied now")
+
+
+@app.command()
 def broker() -> None:
     """Only the embedded Tansu broker, in the foreground (for running roles separately)."""
     import threading
@@ -247,6 +297,7 @@ def main() -> None:
     from pydantic import ValidationError
 
     from services.shared.kafka_security import KafkaRefused
+    from services.shared.migrations import SchemaError
 
     try:
         app()
@@ -255,6 +306,9 @@ def main() -> None:
         typer.echo(f"sluice: invalid settings: {reasons}", err=True)
         raise SystemExit(2) from None
     except KafkaRefused as exc:
+        typer.echo(f"sluice: cannot start: {exc}", err=True)
+        raise SystemExit(2) from None
+    except SchemaError as exc:  # ClickHouse lacks migrations, or cannot have the topology
         typer.echo(f"sluice: cannot start: {exc}", err=True)
         raise SystemExit(2) from None
 

@@ -73,8 +73,32 @@ class Settings(BaseSettings):
         description="http(s)://user:pass@host:8123/db of a ClickHouse server. Unset: embedded "
         "chDB under data_dir/clickhouse, owned by the process that runs the sink.",
     )
+    clickhouse_topology: Literal["single", "replicated", "sharded", "cloud"] = Field(
+        "single", description="How the ClickHouse tables are laid out: single (embedded chDB "
+        "or one server; the schema is applied at start), replicated (Replicated* tables ON "
+        "CLUSTER), sharded (replicated *_local tables under Distributed ones), cloud "
+        "(ClickHouse Cloud). Not single: only `sluice migrate` changes the schema, and the "
+        "roles refuse to start while a migration is missing."
+    )
+    clickhouse_cluster: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="replicated and sharded: the cluster "
+        "in the servers' remote_servers that ON CLUSTER DDL and the Distributed tables name."
+    )
     data_dir: Path = Path("./data")
     ddl_dir: Path = REPO_ROOT / "deploy" / "clickhouse"
+
+    @model_validator(mode="after")
+    def _clickhouse_topology_complete(self) -> Settings:
+        """A cluster topology needs its cluster; a cluster without one would get single-node
+        tables on one host of it."""
+        topology, cluster = self.clickhouse_topology, self.clickhouse_cluster
+        if topology in ("replicated", "sharded") and not cluster:
+            raise ValueError(f"SLUICE_CLICKHOUSE_TOPOLOGY={topology} needs "
+                             "SLUICE_CLICKHOUSE_CLUSTER (the cluster's name in remote_servers)")
+        if topology in ("single", "cloud") and cluster:
+            raise ValueError(f"SLUICE_CLICKHOUSE_CLUSTER is set but SLUICE_CLICKHOUSE_TOPOLOGY="
+                             f"{topology}: set replicated or sharded, or unset the cluster")
+        return self
 
     # --- Every role -------------------------------------------------------------------
     log_format: Literal["text", "json"] = Field(

@@ -1,0 +1,58 @@
+-- Sluice's ClickHouse migrations for topology replicated, cluster 'sluice'.
+-- Printed only, nothing was run. `sluice migrate` runs, in this order, the
+-- migrations not yet recorded in sluice_migrations; every statement is idempotent.
+
+CREATE TABLE IF NOT EXISTS sluice_migrations ON CLUSTER 'sluice'
+(
+    name       String,
+    checksum   String,
+    applied_at DateTime
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/all', '{shard}-{replica}', applied_at)
+ORDER BY name;
+
+-- 0001_events (sha256 7816dea479ed)
+CREATE TABLE IF NOT EXISTS events ON CLUSTER 'sluice'
+(
+    program_id           String,
+    event_id             UUID,
+    user_id              String,
+    event_timestamp      DateTime64(6, 'UTC'),
+    event_type           LowCardinality(String),
+    asset_id             String,
+    labels               Array(String),
+    received_at          DateTime64(6, 'UTC'),
+    queue_updates        Bool,
+    process_user_actions Bool
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}')
+PARTITION BY toYYYYMM(event_timestamp)
+ORDER BY (program_id, user_id, event_timestamp, event_id);
+
+-- 0002_events_asset_labels (sha256 7b9a1fa44bd8)
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS asset_labels Array(String) AFTER labels;
+
+-- 0003_assets (sha256 3aeca98bedc0)
+CREATE TABLE IF NOT EXISTS assets ON CLUSTER 'sluice'
+(
+    program_id String,
+    asset_id   String,
+    labels     Array(String),
+    attributes String,
+    updated_at DateTime64(6, 'UTC'),
+    deleted    UInt8
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}', updated_at, deleted)
+ORDER BY (program_id, asset_id);
+
+-- 0004_events_dialect_fields (sha256 0a4a97282db2)
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS source LowCardinality(String) DEFAULT 'actionhub';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS client_event_id String DEFAULT '';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS session_id String DEFAULT '';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS anonymous_id String DEFAULT '';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS email String DEFAULT '';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS properties String DEFAULT '{}';
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS value Nullable(Float64);
+
+-- 0005_events_update_session (sha256 8ea9357a022d)
+ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS update_session Bool DEFAULT false;

@@ -36,6 +36,7 @@ from services.shared.lag import LAG
 from services.shared.metrics import (
     AGENTS_EVENTS,
     CONTENT_TYPE_LATEST,
+    DUPLICATES,
     STATE_FRESHNESS,
     STATE_USERS,
     render,
@@ -50,7 +51,7 @@ from streams.rebalance import SourceOrder, keep_source_offsets_contiguous
 from streams.recovery import check_highwaters
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
-from streams.update import apply_messages, chunks, events_in, split_by_user
+from streams.update import Dedup, apply_messages, chunks, events_in, split_by_user
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,14 @@ class Changes:
     """A run of source events applied: each changed user's new record (key, value; one per
     user), its partition and whether it is new, in the same order."""
 
-    __slots__ = ("new", "partitions", "records", "run")
+    __slots__ = ("duplicates", "new", "partitions", "records", "run")
 
     def __init__(self, run: list[Any]) -> None:
         self.run = run
         self.records: list[tuple[bytes, bytes]] = []
         self.partitions: list[int] = []
         self.new: list[bool] = []
+        self.duplicates: dict[str, int] = {}  # per dialect: retried events left out
 
     def add(self, partition: int, key: bytes, value: bytes, new: bool) -> None:
         self.records.append((key, value))
@@ -189,6 +191,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     reads = OwnedReads(app, states, settings.topic_user_state)
     install_reads(app, reads)
     config_for = ModelConfigs(settings)
+    dedup = Dedup(settings.dedup_window_s, settings.dedup_max_ids)
     # runs: batches, or parts of a batch of more than agents_batch_events events, applied;
     # changelog_recovered / changelog_standby: changelog records this worker read since it
     # started, recovering active partitions / following standby ones
@@ -239,7 +242,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
                 program_id, _, user_id = key.decode().partition(KEY_SEPARATOR)
                 record = UserRecord(program_id, user_id)
             entries.sort(key=lambda entry: entry.offset)
-            if apply_messages(record, entries, config_for):
+            if apply_messages(record, entries, config_for, dedup=dedup,
+                              duplicates=changes.duplicates):
                 changes.add(partition, key, record.encode(), new=current is None)
         return changes
 
@@ -272,6 +276,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         stats["runs"] += 1
         stats["messages"] += len(changes.run)
         _observe(changes.run, states.users(owned_partitions(app)))
+        for source, n in changes.duplicates.items():
+            DUPLICATES.labels(source).inc(n)
 
     stalls = Stalls(app, settings, lambda: reads.serving)
 

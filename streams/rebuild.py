@@ -13,6 +13,7 @@ live processing resumes after what the rebuild already counted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from streams.model import apply_event
-from streams.update import SESSION_GAP_S
+from streams.update import SESSION_GAP_S, Dedup, event_key
 
 # Every stored action; Personalize PutUsers rows carry user metadata, not actions.
 ACTIONS = (
@@ -35,8 +36,9 @@ ACTIONS = (
 )
 EVENTS_BY_USER = (
     "SELECT program_id, user_id, toUnixTimestamp64Micro(event_timestamp) AS ts, event_type, "
-    f"labels, asset_labels, asset_id, update_session {ACTIONS} "
-    "ORDER BY program_id, user_id, event_timestamp"
+    "labels, asset_labels, asset_id, update_session, client_event_id != '' AS has_client_id, "
+    f"toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received {ACTIONS} "
+    "ORDER BY program_id, user_id, event_timestamp, received_at"
 )
 LIVE_ASSETS = (
     "SELECT program_id, asset_id, labels, attributes, updated_at FROM assets FINAL "
@@ -65,7 +67,8 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
                                  visible=total > 0)
         resume_at = _agents_positions(settings)
         config_for = ModelConfigs(settings)
-        for record in _users(store, config_for, lambda n: progress.advance(task, n)):
+        dedup = Dedup(settings.dedup_window_s, settings.dedup_max_ids)
+        for record in _users(store, config_for, lambda n: progress.advance(task, n), dedup):
             key = message_key(record.program_id, record.user_id)
             partition = partition_for(key, settings.events_partitions)
             record.partition, record.offset = partition, resume_at.get(partition, 0) - 1
@@ -77,18 +80,26 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
     return result
 
 
-def _users(store: Store, config_for: ModelConfigs,
-           advance: Callable[[int], None]) -> Iterator[UserRecord]:
-    """One UserRecord per (program, user), from rows sorted by user."""
+def _users(store: Store, config_for: ModelConfigs, advance: Callable[[int], None],
+           dedup: Dedup) -> Iterator[UserRecord]:
+    """One UserRecord per (program, user), from rows sorted by user. Events with a client
+    id count once, as live (a copy ClickHouse kept apart, e.g. sent with another timestamp,
+    is left out), and the ids received within the window are remembered, so a client's
+    retry after the rebuild is still recognised."""
     current: UserRecord | None = None
     with store.stream_rows(EVENTS_BY_USER) as blocks:
         for block in blocks:
             for row in block:
-                program_id, user_id, ts_us, event_type, labels, asset_labels, asset_id, session = row
+                (program_id, user_id, ts_us, event_type, labels, asset_labels, asset_id, session,
+                 has_client_id, event_id, received) = row
                 if current is None or (current.program_id, current.user_id) != (program_id, user_id):
                     if current is not None:
+                        _forget_old(current, dedup)
                         yield current
                     current = UserRecord(program_id, user_id)
+                if has_client_id and not current.first_time(
+                        event_key(event_id), received, dedup.window_s, dedup.max_ids):
+                    continue
                 if session:
                     current.touch_session(ts_us / 1e6, SESSION_GAP_S)
                 apply_event(current.state, config_for(program_id), ts_us / 1e6, event_type,
@@ -96,7 +107,14 @@ def _users(store: Store, config_for: ModelConfigs,
                 current.events += 1
             advance(len(block))
     if current is not None:
+        _forget_old(current, dedup)
         yield current
+
+
+def _forget_old(record: UserRecord, dedup: Dedup) -> None:
+    """Keep only the ids a live worker would still hold now."""
+    if record.seen:
+        record.forget(int(time.time()) - dedup.window_s, dedup.max_ids)
 
 
 def running_agents(settings: Settings) -> int:

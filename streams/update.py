@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -63,8 +63,31 @@ def event_time(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-# (event time, program, event type, labels, asset labels, asset, counts as session activity)
-Action = tuple[float, str, str, list[str], list[str], str, bool]
+# (event time, program, event type, labels, asset labels, asset, counts as session activity,
+#  the client id's key or None, received (epoch s; 0 without a client id), source dialect)
+Action = tuple[float, str, str, list[str], list[str], str, bool, int | None, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Dedup:
+    """How long, and for how many ids per user, a client's event id is remembered."""
+
+    window_s: int = 86400
+    max_ids: int = 1000
+
+
+def client_key(e: dict[str, Any]) -> int | None:
+    """A 64-bit key of an event's client id, or None when it has none. The gateway derives
+    the event_id of such an event from (program, dialect, client id) (services.gateway.ingest),
+    so its first 64 bits stand for the client id."""
+    if not e.get("client_event_id"):
+        return None
+    return event_key(e["event_id"])
+
+
+def event_key(event_id: str) -> int:
+    """The first 64 bits of a UUID in its text form."""
+    return int(event_id[:8] + event_id[9:13] + event_id[14:18], 16)
 
 
 @dataclass(slots=True)
@@ -89,10 +112,13 @@ def split_by_user(messages: Iterable[SourceMessage]) -> dict[bytes, list[UserEve
             per_user: dict[bytes, list[Action]] = {}
             for e in map(orjson.loads, lines(message.value)):
                 if e["process_user_actions"]:
+                    client = client_key(e)
                     per_user.setdefault(message_key(e["program_id"], e["user_id"]), []).append((
                         event_time(e["event_timestamp"]), e["program_id"], e["event_type"],
                         e["labels"], e.get("asset_labels") or [], e["asset_id"],
-                        bool(e.get("update_session")),
+                        bool(e.get("update_session")), client,
+                        int(event_time(e["received_at"])) if client is not None else 0,
+                        e.get("source", ""),
                     ))
         except (InvalidEvent, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("skipping message %s/%s: %r (the sink dead-letters it)",
@@ -108,14 +134,26 @@ def apply_messages(
     entries: Iterable[UserEvents],
     config_for: Callable[[str], ModelConfig],
     session_gap_s: float = SESSION_GAP_S,
+    dedup: Dedup = Dedup(),
+    duplicates: dict[str, int] | None = None,
 ) -> bool:
     """Apply one user's events, message by message in offset order, to its record; skip
-    the messages already in it. Returns whether the record changed (must be written)."""
+    the messages already in it, and the events whose client id it saw within the window (a
+    client's retry: counted per dialect in ``duplicates``). Returns whether the record
+    changed (must be written)."""
     changed = False
+    latest = 0  # the newest receipt of an event with a client id applied here
     for entry in entries:
         if record.applied(entry.partition, entry.offset):
             continue  # a replay after a crash or a rebalance: already counted
-        for ts, program_id, event_type, labels, asset_labels, asset_id, session in entry.actions:
+        for (ts, program_id, event_type, labels, asset_labels, asset_id, session, key, received,
+             source) in entry.actions:
+            if key is not None:
+                if not record.first_time(key, received, dedup.window_s, dedup.max_ids):
+                    if duplicates is not None:
+                        duplicates[source] = duplicates.get(source, 0) + 1
+                    continue
+                latest = max(latest, received)
             if session:
                 record.touch_session(ts, session_gap_s)
             apply_event(record.state, config_for(program_id), ts, event_type, labels,
@@ -123,4 +161,6 @@ def apply_messages(
             record.events += 1
         record.partition, record.offset = entry.partition, entry.offset
         changed = True
+    if latest:
+        record.forget(latest - dedup.window_s, dedup.max_ids)  # ids past the window
     return changed

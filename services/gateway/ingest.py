@@ -70,7 +70,8 @@ async def ingest(
     asset_labels = gateway.views.catalog(program_id).labels_of
     ids = new_event_ids(len(events))
     if events and isinstance(events[0], ApiEvent):
-        lines = _api_lines(events, ids, asset_labels, tail)  # type: ignore[arg-type]
+        lines = _api_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
+                           f"{program_id}\x1f{source}\x1f")
     else:
         lines = _canonical_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
                                  f"{program_id}\x1f{source}\x1f")
@@ -107,16 +108,29 @@ async def ingest(
 
 
 def _api_lines(events: list[ApiEvent], ids: list[str], asset_labels: Callable[[str], list[str]],
-               tail: bytes) -> list[tuple[str, bytes]]:
+               tail: bytes, client_id_prefix: str) -> list[tuple[str, bytes]]:
     """(user, wire line) of each ActionHub event: msgspec encodes the Struct's five fields,
-    and the event_id, the asset's labels and the request's tail follow."""
+    and the event_id, the asset's labels and the request's tail follow. An event with the
+    client's own id carries it as client_event_id, and an event_id derived from it."""
     encode = _ENCODER.encode
-    return [
-        (event.user_id, b"".join((encode(event)[:-1], b',"event_id":"', event_id.encode(),
-                                  b'","asset_labels":', encode(asset_labels(event.asset_id)),
-                                  tail)))
-        for event, event_id in zip(events, ids, strict=True)
-    ]
+    if all(event.event_id is None for event in events):  # the usual request: no client ids
+        return [
+            (event.user_id, b"".join((encode(event)[:-1], b',"event_id":"', event_id.encode(),
+                                      b'","asset_labels":', encode(asset_labels(event.asset_id)),
+                                      tail)))
+            for event, event_id in zip(events, ids, strict=True)
+        ]
+    out = []
+    for event, event_id in zip(events, ids, strict=True):
+        client_id, extra = event.event_id, b""
+        if client_id is not None:
+            event.event_id = None  # not among the encoded fields
+            event_id = str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{client_id_prefix}{client_id}"))
+            extra = b',"client_event_id":' + encode(client_id)
+        out.append((event.user_id, b"".join((
+            encode(event)[:-1], b',"event_id":"', event_id.encode(), b'"', extra,
+            b',"asset_labels":', encode(asset_labels(event.asset_id)), tail))))
+    return out
 
 
 def _canonical_lines(events: list[dict[str, Any]], ids: list[str],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import msgspec
 from fastapi.exceptions import RequestValidationError
@@ -65,6 +65,11 @@ class Event(TypedDict):
             "separately)",
         ),
     ]
+    event_id: NotRequired[Annotated[
+        Annotated[str, StringConstraints(min_length=1, max_length=256)] | None, Field(
+            description="Optional: the client's own id of the event. An event whose id this "
+            "program sent before (a retry) is stored once and changes user state once "
+            "(within SLUICE_DEDUP_WINDOW_S, 24 h by default); null: none")]]
 
 
 @with_config(ConfigDict(extra="ignore", title="EventList"))
@@ -78,7 +83,7 @@ class EventList(TypedDict):
 EVENT_LIST = TypeAdapter(EventList)
 
 
-class ApiEvent(msgspec.Struct, gc=False):
+class ApiEvent(msgspec.Struct, gc=False, omit_defaults=True):
     """One checked event of ``POST /events``, as the hot path carries it to the wire: a
     Struct decodes faster than a dict (measured in instructions: the whole parse and
     ingest of a 1000-event request 15% fewer) and msgspec encodes it back in field order.
@@ -93,6 +98,8 @@ class ApiEvent(msgspec.Struct, gc=False):
         list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]],
         msgspec.Meta(max_length=MAX_LABELS),
     ]
+    # the client's own id (None: not encoded, omit_defaults); see services.gateway.ingest
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
 class _ApiEventList(msgspec.Struct, gc=False):

@@ -79,6 +79,10 @@ DLQ_MESSAGES = Counter(
     "invalid_event, invalid_asset, empty, clickhouse_refused.", ["reason"])
 
 # --- agents ----------------------------------------------------------------------------
+DUPLICATES = Counter(
+    "sluice_duplicates", "Events the agents left out because the user's record had seen "
+    "their client event id within SLUICE_DEDUP_WINDOW_S (a client's retry), by dialect.",
+    ["source"])
 AGENTS_EVENTS = Counter(
     "sluice_agents_events", "Events (lines) the agents read from the events topic and "
     "applied to user state (process_user_actions=false ones included: they change nothing).")

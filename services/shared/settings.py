@@ -235,6 +235,17 @@ class Settings(BaseSettings):
     agents_fetch_max_wait_ms: int = Field(
         50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."
     )
+    dedup_window_s: int = Field(
+        86400, ge=0, description="An event carrying a client's own id (PostHog uuid, Segment "
+        "messageId, Personalize eventId, ActionHub event_id) that arrives again within this "
+        "many seconds of the first (by the gateway's receipt times) changes no user state "
+        "again. 24 h, as Segment's own deduplication."
+    )
+    dedup_max_ids: int = Field(
+        1000, ge=1, description="Client event ids a user's record remembers at most (16 bytes "
+        "each in the changelog): a user sending more within the window is deduplicated "
+        "against the newest this many."
+    )
     half_life_s: float = Field(7 * 86400.0, description="Label weights halve every half-life.")
     event_type_amounts: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {

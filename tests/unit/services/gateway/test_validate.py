@@ -28,7 +28,7 @@ def test_good_event_parses_with_an_aware_datetime() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    [event] = parse_event_list(body(GOOD | {"extra": 1, "event_id": 5}))
+    [event] = parse_event_list(body(GOOD | {"extra": 1, "received_at": 5}))
     assert msgspec.structs.asdict(event) == msgspec.structs.asdict(parse_event_list(body(GOOD))[0])
 
 
@@ -90,9 +90,44 @@ def test_actionhubs_wire_lines_are_what_the_dialects_path_writes(ts: str) -> Non
     as_dict = msgspec.structs.asdict(event)
     tail = b',"program_id":"p"}'
     labels = {"a": ["shoes", "red"]}.get
-    [(user, fast)] = _api_lines([event], ["id-1"], lambda a: labels(a) or [], tail)
+    [(user, fast)] = _api_lines([event], ["id-1"], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
+    del as_dict["event_id"]  # None: the client gave none
     [(_, slow)] = _canonical_lines([as_dict], ["id-1"], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
     assert user == "u" and fast == slow
     assert orjson.loads(fast) == {**raw, "event_timestamp": orjson.loads(orjson.dumps(
         as_dict["event_timestamp"], option=orjson.OPT_UTC_Z)), "event_id": "id-1",
         "asset_labels": ["shoes", "red"], "program_id": "p"}
+
+
+def test_a_client_event_id_gives_the_same_event_id_on_both_paths_and_on_a_retry() -> None:
+    """ActionHub's optional event_id: carried as client_event_id, and the event_id derived
+    from (program, dialect, id) is the one the dialects' path derives: a retry collapses."""
+    from services.gateway.ingest import _api_lines, _canonical_lines
+
+    tail = b',"program_id":"p"}'
+    lines = []
+    for server_id in ("id-1", "id-2"):  # the retry gets other fresh ids from the server
+        [event] = parse_event_list(body(GOOD | {"event_id": "click-42"}))
+        [(_, fast)] = _api_lines([event], [server_id], lambda a: [], tail, "p\x1factionhub\x1f")
+        lines.append(orjson.loads(fast))
+    as_dict = GOOD | {"client_event_id": "click-42", "labels": list(GOOD["labels"])}
+    [(_, slow)] = _canonical_lines([as_dict], ["id-3"], lambda a: [], tail, "p\x1factionhub\x1f")
+    first, retry = lines
+    assert first["client_event_id"] == retry["client_event_id"] == "click-42"
+    assert first["event_id"] == retry["event_id"] == orjson.loads(slow)["event_id"]
+    assert first["event_id"] not in ("id-1", "id-2")
+    other = parse_event_list(body(GOOD | {"event_id": "click-43"}))
+    [(_, line)] = _api_lines(other, ["id-4"], lambda a: [], tail, "p\x1factionhub\x1f")
+    assert orjson.loads(line)["event_id"] != first["event_id"]
+
+
+def test_a_null_event_id_is_no_id() -> None:
+    [event] = parse_event_list(body(GOOD | {"event_id": None}))
+    assert event == parse_event_list(body(GOOD))[0] and event.event_id is None
+
+
+@pytest.mark.parametrize("bad", [5, "", "x" * 257, ["a"]])
+def test_a_bad_event_id_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        parse_event_list(body(GOOD | {"event_id": bad}))
+    assert any(e["loc"][-1] == "event_id" for e in info.value.errors()), info.value.errors()

@@ -11,6 +11,7 @@ the same bodies.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired
@@ -49,6 +50,29 @@ Timestamp = Annotated[
     AfterValidator(_storable),
     Field(description="Time the event occurred, ISO 8601 (no offset = UTC)"),
 ]
+
+
+def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Free-form JSON (asset attributes) that Kafka's and ClickHouse's JSON can carry:
+    integers within 64 bits (orjson's range: a larger one was a 500), finite numbers
+    (NaN and Infinity are not JSON: the parser lets them through, orjson would store null)."""
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int) and not -(2**63) <= node < 2**64:
+            raise ValueError(f"integers must fit in 64 bits, not {str(node)[:40]}")
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("NaN and Infinity are not JSON numbers")
+    return value
+
+
+FreeJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 @with_config(ConfigDict(extra="ignore", title="Event"))

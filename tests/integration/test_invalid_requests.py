@@ -111,3 +111,32 @@ def test_openapi_documents_the_contract(gateway: TestClient) -> None:
     assert spec["components"]["schemas"]["EventList"]["properties"]["events"]["maxItems"] == 1000
     assert "/healthz" in spec["paths"] and "/readyz" in spec["paths"]
     assert gateway.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(("attributes", "says"), [
+    ('{"price": 123456789012345678901234567890}', "64 bits"),  # was a 500 (orjson)
+    ('{"nested": [{"x": -99999999999999999999}]}', "64 bits"),
+    ('{"x": NaN}', "NaN"),
+    ('{"x": [Infinity]}', "NaN"),
+    ('{"x": "\\ud800"}', "Invalid JSON"),  # a lone surrogate: not Unicode
+    ('{"\\udc00": 1}', "surrogate"),
+    ('{"a":' * 300 + "1" + "}" * 300, "recursion"),
+])
+def test_asset_attributes_kafka_or_clickhouse_would_refuse_get_a_422(
+        gateway: TestClient, attributes: str, says: str) -> None:
+    body = '{"assets": [{"asset_id": "a1", "labels": [], "attributes": ' + attributes + '}]}'
+    response = gateway.put("/assets", content=body.encode(), headers=HEADERS | {
+        "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert says in response.text
+    assert gateway.get("/assets/a1", headers=HEADERS).status_code == 404  # nothing stored
+
+
+def test_asset_attributes_at_the_edges_are_stored_as_sent(gateway: TestClient) -> None:
+    attributes = {"max": 2**64 - 1, "min": -(2**63), "pi": 3.14159, "k" * 10_000: "long key",
+                  "deep": [[[[{"ok": True}]]]], "text": "ünï \U0001f600"}
+    response = gateway.put("/assets", json={"assets": [{"asset_id": "a1", "labels": [],
+                                                        "attributes": attributes}]},
+                           headers=HEADERS)
+    assert response.status_code == 200, response.text
+    assert gateway.get("/assets/a1", headers=HEADERS).json()["attributes"] == attributes

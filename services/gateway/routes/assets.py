@@ -19,7 +19,7 @@ from typing_extensions import TypedDict
 from services.gateway.auth import ReadKey, WriteKey
 from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep, ProgramId
-from services.gateway.validate import Id, Label, errors_of
+from services.gateway.validate import FreeJson, Id, Label, errors_of
 from services.shared.assets import asset_key, encode_asset, iso_utc
 
 router = APIRouter(tags=["Assets"])
@@ -31,7 +31,7 @@ MAX_ASSETS = 1000
 class AssetIn(TypedDict):
     asset_id: Id
     labels: Annotated[list[Label], Field(max_length=1000)]
-    attributes: NotRequired[dict[str, Any]]
+    attributes: NotRequired[FreeJson]
 
 
 @with_config(ConfigDict(extra="ignore", title="AssetList"))

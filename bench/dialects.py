@@ -3,7 +3,9 @@
 One gateway process on its own Tansu (open: no keys file, so nothing is signed) takes, one
 dialect at a time, that dialect's largest valid request under ``hey -c 4``: ActionHub 1000
 events, Personalize PutEvents 10, retail 100 (an array), UserFlux 50 (a batch), CrowdPower
-100 (a bulk). Each body is first checked to get the dialect's success status.
+100 (a bulk), PostHog 100 (posthog-python's batch of ``flush_at``), Segment 100 (a
+``/v1/batch``; the token and write key in the body name the program). Each body is first
+checked to get the dialect's success status.
 
 The gateway runs with ``SLUICE_QUEUE_UPDATES_DEFAULT=true``: the dialects other than
 ActionHub have no ``queue_updates`` knob and use that setting (Personalize always answers
@@ -23,6 +25,7 @@ import random
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +118,34 @@ def crowdpower_body(seed: int = 15, n: int = 100) -> bytes:
                          } for _ in range(n)]})
 
 
+def posthog_body(seed: int = 16, n: int = 100) -> bytes:
+    """posthog-python's batch of ``n`` events: product views with an asset and labels."""
+    rnd = _rnd(seed)
+    return orjson.dumps({"api_key": PROGRAM, "batch": [{
+        "event": rnd.choice(("product viewed", "$pageview", "added to cart")),
+        "distinct_id": f"user-{rnd.randrange(USERS)}",
+        "uuid": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+        "timestamp": f"2026-11-{rnd.randint(1, 28):02d}T{rnd.randint(0, 23):02d}:00:00+00:00",
+        "properties": {"asset_id": f"sku-{rnd.randrange(50_000)}",
+                       "labels": rnd.sample(LABELS, 2), "$lib": "posthog-python"},
+    } for _ in range(n)]})
+
+
+def segment_body(seed: int = 17, n: int = 100) -> bytes:
+    """A ``/v1/batch`` of ``n`` track calls, as segment-analytics-python sends them."""
+    rnd = _rnd(seed)
+    return orjson.dumps({"writeKey": PROGRAM, "batch": [{
+        "type": "track", "userId": f"user-{rnd.randrange(USERS)}", "anonymousId": None,
+        "event": rnd.choice(("Product Viewed", "Product Added")),
+        "messageId": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+        "timestamp": f"2026-11-{rnd.randint(1, 28):02d}T{rnd.randint(0, 23):02d}:00:00+00:00",
+        "properties": {"product_id": f"sku-{rnd.randrange(50_000)}",
+                       "category": rnd.choice(LABELS), "price": rnd.randint(1, 99)},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+        "integrations": {},
+    } for _ in range(n)]})
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str
@@ -130,6 +161,8 @@ DIALECTS = (
     Dialect("Retail", "/compat/retail/events", 100, 200, retail_body),
     Dialect("UserFlux batch", "/compat/userflux/event/ingest/batch", 50, 204, userflux_body),
     Dialect("CrowdPower bulk", "/compat/crowdpower/events/bulk", 100, 200, crowdpower_body),
+    Dialect("PostHog batch", "/compat/posthog/batch/", 100, 200, posthog_body),
+    Dialect("Segment batch", "/compat/segment/v1/batch", 100, 200, segment_body),
 )
 
 

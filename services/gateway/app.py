@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.gateway import auth, errors
 from services.gateway.deps import Gateway
-from services.gateway.dialects import crowdpower, personalize, retail, userflux
+from services.gateway.dialects import crowdpower, personalize, posthog, retail, segment, userflux
 from services.gateway.hotpath import HotPath
 from services.gateway.live import Live
 from services.gateway.observe import RequestMetrics
@@ -52,6 +52,10 @@ TAGS = [
      "to 50), under /compat/userflux."},
     {"name": "CrowdPower", "description": "CrowdPower's customer events (single, bulk of up to "
      "100) and the user's session, under /compat/crowdpower."},
+    {"name": "PostHog", "description": "PostHog's capture API as posthog-python and posthog-js "
+     "send it (host = <gateway>/compat/posthog); the token names the program."},
+    {"name": "Segment", "description": "Segment's HTTP Tracking API (`/v1/batch`, `/v1/track`, "
+     "...) as its SDKs and RudderStack's send it (host = <gateway>/compat/segment)."},
 ]
 
 
@@ -120,6 +124,8 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
     app.include_router(retail.router)
     app.include_router(userflux.router)
     app.include_router(crowdpower.router)
+    app.include_router(posthog.router)
+    app.include_router(segment.router)
     errors.install(app, settings.retry_after_s)
     app.add_middleware(RequestMetrics)
     app.__class__ = GatewayApp  # FastAPIOffline builds a plain FastAPI

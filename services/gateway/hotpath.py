@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import AuthError, check_bearer
 from services.gateway.deps import Gateway
-from services.gateway.dialects import crowdpower, personalize, retail, userflux
+from services.gateway.dialects import crowdpower, personalize, posthog, retail, segment, userflux
 from services.gateway.observe import count
 from services.gateway.routes import events
 
@@ -107,8 +107,9 @@ async def _actionhub(request: Request, gateway: Gateway) -> Response | None:
     return await events.post_events(None, request, gateway, program, **query)
 
 
-def _signed(endpoint: Callable[[Request, Gateway], Awaitable[Response]]) -> Call:
-    """A Personalize route: it reads and checks its SigV4 signature itself."""
+def _self_keyed(endpoint: Callable[[Request, Gateway], Awaitable[Response]]) -> Call:
+    """A route that finds and checks its key itself: Personalize's SigV4 signature,
+    PostHog's token and Segment's write key (in the body or HTTP Basic)."""
     async def call(request: Request, gateway: Gateway) -> Response | None:
         return await endpoint(request, gateway)
     return call
@@ -142,9 +143,9 @@ _LOCATION = {"locationEnrichment": "location"}
 # path -> (the dialect's route class, or None for ActionHub's; the call)
 HOT_ROUTES: dict[str, tuple[Any, Call]] = {
     "/events": (None, _actionhub),
-    "/compat/personalize/events": (personalize.AwsErrorRoute, _signed(personalize.put_events)),
-    "/compat/personalize/items": (personalize.AwsErrorRoute, _signed(personalize.put_items)),
-    "/compat/personalize/users": (personalize.AwsErrorRoute, _signed(personalize.put_users)),
+    "/compat/personalize/events": (personalize.AwsErrorRoute, _self_keyed(personalize.put_events)),
+    "/compat/personalize/items": (personalize.AwsErrorRoute, _self_keyed(personalize.put_items)),
+    "/compat/personalize/users": (personalize.AwsErrorRoute, _self_keyed(personalize.put_users)),
     "/compat/retail/events": (retail.RetailRoute, _dialect(retail.post_events)),
     "/compat/userflux/event/ingest": (userflux.UserFluxRoute,
                                       _dialect(userflux.ingest_event, _LOCATION)),
@@ -153,6 +154,8 @@ HOT_ROUTES: dict[str, tuple[Any, Call]] = {
     "/compat/crowdpower/events": (crowdpower.CrowdPowerRoute, _dialect(crowdpower.create_event)),
     "/compat/crowdpower/events/bulk": (crowdpower.CrowdPowerRoute,
                                        _dialect(crowdpower.create_events)),
+    **{path: (posthog.PostHogRoute, _self_keyed(call)) for path, call in posthog.ENDPOINTS.items()},
+    **{path: (segment.SegmentRoute, _self_keyed(call)) for path, call in segment.ENDPOINTS.items()},
 }
 
 

@@ -42,7 +42,8 @@ WIRE_FIELDS: dict[str, type | tuple[type, ...]] = {
 # Optional fields (older producers did not send them): name -> type.
 OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "asset_labels": list,
-    "source": str,  # which dialect: actionhub, personalize, retail, userflux, crowdpower
+    "source": str,  # which dialect: actionhub, personalize, retail, userflux, crowdpower,
+    # posthog, segment
     "client_event_id": str,  # the client's own id of the event, where the dialect has one
     "session_id": str,
     "anonymous_id": str,

@@ -146,10 +146,10 @@ class Settings(BaseSettings):
         "is acked). 0: the requests of one turn of the event loop."
     )
     dialect_state_wait_programs: list[str] = Field(
-        default_factory=list, description="Programs (\"*\": all) whose UserFlux, CrowdPower "
-        "and retail posts answer once user state includes them. Their vendors promise only "
-        "that the events were taken, so by default they answer at the broker's ack, as "
-        "Personalize does; ActionHub has its own queue_updates and wait."
+        default_factory=list, description="Programs (\"*\": all) whose UserFlux, CrowdPower, "
+        "retail, PostHog and Segment posts answer once user state includes them. Their "
+        "vendors promise only that the events were taken, so by default they answer at the "
+        "broker's ack, as Personalize does; ActionHub has its own queue_updates and wait."
     )
     keys_file: Path | None = Field(
         None, description="API keys (JSON, mode 0600; `sluice keys create`). Unset: no auth."

@@ -6,6 +6,7 @@ and the status, headers and body must match. The good ones must be taken by the 
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.dialects import crowdpower_body, personalize_body, retail_body, userflux_body
+from bench.dialects import (
+    crowdpower_body,
+    personalize_body,
+    posthog_body,
+    retail_body,
+    segment_body,
+    userflux_body,
+)
 from services.gateway import hotpath
 from services.gateway.app import create_app
 from services.shared.kafka import ensure_topics
@@ -60,8 +68,13 @@ CASES: list[tuple[str, dict[str, str], bytes]] = [
     ("/compat/crowdpower/events/bulk", {"program-id": "shop"}, CROWD_BULK),
     ("/compat/personalize/events", {}, personalize_body(n=2)),
     ("/compat/personalize/events", {}, b'{"trackingId": "shop"}'),
+    ("/compat/posthog/batch/", {}, posthog_body(n=2)),
+    ("/compat/posthog/e", {"content-encoding": "gzip"}, gzip.compress(posthog_body(n=2))),
+    ("/compat/posthog/e/", {}, b"[]"),
+    ("/compat/segment/v1/batch", {}, segment_body(n=2)),
+    ("/compat/segment/v1/track", {}, b'{"userId": 3, "writeKey": "shop"}'),
 ]
-TAKEN = {0, 1, 2, 14, 17, 18, 21, 22, 24, 25}  # the good ones (indexes in CASES)
+TAKEN = {0, 1, 2, 14, 17, 18, 21, 22, 24, 25, 27, 28, 30}  # the good ones (indexes in CASES)
 VARYING = {"date", "server"}
 
 

@@ -1,5 +1,7 @@
 """What every dialect does alike: failures in the vendor's error shape, the bearer key
-check, properties as JSON text, request-body schemas for ``/docs``.
+check, properties as JSON text, request-body schemas for ``/docs``; for the SDK dialects
+(PostHog, Segment) also gzip bodies, a key that names the program, client-side event ids
+and an event's asset and labels taken from its properties.
 
 A dialect keeps its own error *shape* (a function ``shape(status, message, headers=...)``
 that builds the vendor's error response) and its own exceptions; :func:`error_route`
@@ -9,6 +11,7 @@ makes the route class that answers every failure of its routes in that shape.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal, Protocol
 
@@ -18,10 +21,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
-from services.gateway.auth import BEARER, AuthError, check_bearer
-from services.gateway.deps import GatewayDep
+# Python's uuid has uuid7 from 3.14 only; the uuid6 package is its RFC 9562 version for
+# 3.11+ (pure Python, no dependencies).
+from uuid6 import uuid7 as _uuid7
+
+from services.gateway.auth import BEARER, AuthError, authorize, check_bearer
+from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.errors import PayloadTooLarge, StateUnavailable, UpdateTimeout
+from services.gateway.validate import MAX_LABELS
 from services.shared.publish import BrokerUnavailable
+
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_ID = 512  # services.gateway.validate.Id
+MAX_LABEL = 256
 
 
 class ErrorShape(Protocol):
@@ -139,3 +151,73 @@ def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(schema)  # type: ignore[no-any-return]
+
+
+# -- the SDK dialects (PostHog, Segment) ---------------------------------------------------
+def gunzip(body: bytes, limit: int) -> bytes:
+    """A gzip body inflated to at most ``limit`` bytes: PayloadTooLarge beyond (a few KB of
+    zeros inflate to gigabytes, so the limit is applied while inflating, never after);
+    ValueError when it is not gzip."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"the body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(limit)
+    if not inflater.eof:
+        raise ValueError("the gzip body is truncated")
+    return out
+
+
+def key_program(gateway: Gateway, key: str | None) -> str:
+    """The program a client's key names: with a keys file, the program of that live write
+    key (AuthError 401, 403 for a read key); without one the key itself is the program id,
+    so an open gateway needs no keys and the SDK's token still separates programs."""
+    if not key:
+        raise AuthError(401, "missing API key")
+    ring = gateway.keys
+    if ring is None:
+        if len(key) > MAX_ID:
+            raise AuthError(401, f"the API key (the program id) is longer than {MAX_ID}")
+        return key
+    record = ring.lookup_bearer(key)
+    if record is None:
+        raise AuthError(401, "invalid API key")
+    if record.revoked:
+        raise AuthError(401, f"API key {record.id} was revoked")
+    authorize(record, None, "write")
+    return record.program
+
+
+def uuid7() -> str:
+    """A time-ordered id for an event whose client sent none (as PostHog's capture does)."""
+    return str(_uuid7())
+
+
+def text_id(value: Any) -> str | None:
+    """An id sent as a string or a number (SDKs send both), as text; None if neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def asset_of(properties: dict[str, Any], key: str = "asset_id") -> str:
+    """The asset an event names in ``properties[key]`` (a string or number), else ""."""
+    asset = text_id(properties.get(key))
+    return asset if asset and len(asset) <= MAX_ID else ""
+
+
+def labels_of(*values: Any) -> list[str]:
+    """Labels from properties: each value a string (one label) or a list of them; what is
+    no label (empty, too long, not text) is skipped, not refused: the properties are the
+    app's own and keep every value anyway."""
+    labels: list[str] = []
+    for value in values:
+        for label in value if isinstance(value, list) else (value,):
+            if (isinstance(label, str) and 0 < len(label) <= MAX_LABEL
+                    and label not in labels and len(labels) < MAX_LABELS):
+                labels.append(label)
+    return labels

@@ -17,7 +17,10 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "openapi_ingest.json"
 def test_the_ingest_routes_document_is_unchanged() -> None:
     before = json.loads(SNAPSHOT.read_text())
     doc = create_app(Settings()).openapi()
-    assert sorted(before["paths"]) == sorted(HOT_ROUTES)  # every hot route, no other
+    documented = sorted(path for path in HOT_ROUTES if path in doc["paths"])
+    assert sorted(before["paths"]) == documented  # every documented hot route, no other
+    # the others are aliases left out of the document: PostHog's paths without the slash
+    assert all(f"{path}/" in documented for path in set(HOT_ROUTES) - set(documented))
     for path, operations in before["paths"].items():
         assert doc["paths"][path]["post"] == operations["post"], path
     for name, schema in before["components"]["schemas"].items():

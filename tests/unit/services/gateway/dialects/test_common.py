@@ -1,0 +1,67 @@
+"""The SDK dialects' shared helpers: bounded gunzip, key -> program, ids, asset and labels."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from services.gateway.auth import AuthError
+from services.gateway.dialects.common import asset_of, gunzip, key_program, labels_of, uuid7
+from services.gateway.errors import PayloadTooLarge
+from services.gateway.keys import KeyRing
+
+
+def test_gunzip_inflates_within_the_limit_and_refuses_a_bomb() -> None:
+    body = b'{"a": 1}' * 100
+    assert gunzip(gzip.compress(body), len(body)) == body
+    bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB that inflate to 50 MB
+    assert len(bomb) < 100_000
+    with pytest.raises(PayloadTooLarge):
+        gunzip(bomb, 1_000_000)
+    with pytest.raises(PayloadTooLarge):
+        gunzip(gzip.compress(body), len(body) - 1)
+
+
+@pytest.mark.parametrize("bad", [b"\x1f\x8bnot gzip at all", gzip.compress(b"x" * 1000)[:-30]])
+def test_gunzip_refuses_what_is_not_whole_gzip(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        gunzip(bad, 10_000)
+
+
+def test_the_key_names_the_program(tmp_path: Path) -> None:
+    open_gateway = SimpleNamespace(keys=None)
+    assert key_program(open_gateway, "shop") == "shop"  # type: ignore[arg-type]
+    for bad in (None, "", "p" * 513):
+        with pytest.raises(AuthError) as refused:
+            key_program(open_gateway, bad)  # type: ignore[arg-type]
+        assert refused.value.status == 401
+    ring = KeyRing(tmp_path / "keys.json")
+    write, read = ring.create("shop", "write")[1], ring.create("shop", "read")[1]
+    keyed = SimpleNamespace(keys=ring)
+    assert key_program(keyed, write) == "shop"  # type: ignore[arg-type]
+    for key, status in (("shop", 401), (None, 401), (write[:-2] + "xx", 401), (read, 403)):
+        with pytest.raises(AuthError) as refused:
+            key_program(keyed, key)  # type: ignore[arg-type]
+        assert refused.value.status == status
+
+
+def test_uuid7_is_time_ordered() -> None:
+    first, second = uuid.UUID(uuid7()), uuid.UUID(uuid7())
+    assert first.version == second.version == 7
+    assert first < second
+
+
+def test_asset_and_labels_are_taken_only_when_well_formed() -> None:
+    assert asset_of({"asset_id": "sku-1"}) == "sku-1"
+    assert asset_of({"asset_id": 42}) == "42"
+    assert asset_of({"product_id": "p"}, "product_id") == "p"
+    for bad in ({}, {"asset_id": ""}, {"asset_id": True}, {"asset_id": {"x": 1}},
+                {"asset_id": "a" * 513}):
+        assert asset_of(bad) == ""
+    assert labels_of("Games", ["red", "Games", "", 3, "x" * 257, "shoe"], None) == [
+        "Games", "red", "shoe"]
+    assert len(labels_of([f"l{i}" for i in range(500)])) == 100

@@ -42,7 +42,8 @@ INSERT_SETTINGS: dict[str, str | int] = {
 }
 
 EVENT_COLUMNS = (
-    "program_id, toString(event_id) AS event_id, user_id, event_timestamp, event_type, "
+    "program_id, toString(event_id) AS event_id, user_id, event_timestamp, client_timestamp, "
+    "event_type, "
     "asset_id, labels, received_at, queue_updates, process_user_actions, asset_labels, "
     "source, client_event_id, session_id, anonymous_id, email, properties, value"
 )
@@ -146,11 +147,14 @@ class Store:
             yield blocks
 
     def user_events(self, program_id: str, user_id: str, limit: int) -> list[dict[str, Any]]:
-        """A user's stored events, newest first, each replayed duplicate collapsed (FINAL)."""
+        """A user's stored events, newest first, each once: a replayed duplicate collapses
+        (FINAL), and so does a client's retry whose skew-corrected time differs (same event_id,
+        another sorting key: LIMIT 1 BY keeps the newest copy)."""
         return self.query(
             f"SELECT {EVENT_COLUMNS} FROM events FINAL "
             "WHERE program_id = {p:String} AND user_id = {u:String} "
-            "ORDER BY event_timestamp DESC, received_at DESC LIMIT {n:UInt32}",
+            "ORDER BY event_timestamp DESC, received_at DESC LIMIT 1 BY event_id "
+            "LIMIT {n:UInt32}",
             {"p": program_id, "u": user_id, "n": limit},
         )
 

@@ -45,6 +45,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "source": str,  # which dialect: actionhub, personalize, retail, userflux, crowdpower,
     # posthog, segment
     "client_event_id": str,  # the client's own id of the event, where the dialect has one
+    "client_timestamp": str,  # the event's time as the client sent it, where it was corrected
     "session_id": str,
     "anonymous_id": str,
     "email": str,

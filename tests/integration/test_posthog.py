@@ -99,7 +99,8 @@ def test_posthog_python_events_land_with_every_field(served: str, store: Store, 
 
 def test_posthog_js_wire_shapes(client: TestClient, store: Store) -> None:
     one, two, three, four = (js_event(f"e{i}", "bo") for i in range(4))
-    gzip_js = client.post(f"{URL}/e/?compression=gzip-js&ver=1.200.0&_=1763450476527",
+    now_ms = int(time.time() * 1000)  # posthog-js's send time by its clock: right here
+    gzip_js = client.post(f"{URL}/e/?compression=gzip-js&ver=1.200.0&_={now_ms}",
                           content=gzip.compress(orjson.dumps([one, two])),
                           headers={"content-type": "text/plain"})
     form = client.post(f"{URL}/i/v0/e/?compression=base64",
@@ -121,6 +122,13 @@ def test_posthog_js_wire_shapes(client: TestClient, store: Store) -> None:
     assert client.post(f"{URL}/e/", json=[one]).status_code == 200
     time.sleep(1)
     assert count(store) == 6
+    # retried by a client whose clock is a day off (its time corrected another way): every
+    # read of Sluice still shows it once
+    day_off = int(time.time() * 1000) - 86_400_000
+    assert client.post(f"{URL}/e/?_={day_off}", json=[two]).status_code == 200
+    wait_for(lambda: count(store) == 7)  # ClickHouse holds the copy, under another time
+    assert sorted(e["event_type"] for e in stored(client, "bo", 6)) == [
+        "e0", "e1", "e2", "e3", "e4", "e5"]
 
 
 def test_bad_input_is_a_4xx_in_posthog_shape_and_stores_nothing(
@@ -193,3 +201,35 @@ def test_asset_and_labels_feed_label_weights(served: str, store: Store, agents: 
             return response.json()["label_weights"] if response.status_code == 200 else []
         wait_for(lambda: len(weights()) == 2)
         assert {w["label"]: w["weight"] for w in weights()} == {"red": 5.0, "shoe": 5.0}
+
+
+def test_a_clock_an_hour_fast_is_corrected_by_sent_at(client: TestClient, store: Store) -> None:
+    """PostHog's rule: timestamp = received - (sent_at - timestamp); $ignore_sent_at keeps
+    the client's time; more than 23 h ahead is clamped to receipt. The raw time is kept."""
+    from datetime import UTC, datetime, timedelta
+
+    def utc(text: str) -> datetime:  # GET /events answers UTC times without an offset
+        ts = datetime.fromisoformat(text)
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+    fast = datetime.now(UTC) + timedelta(hours=1)  # the phone's clock
+    events = [
+        {"event": "skewed", "distinct_id": "clock", "uuid": str(uuid.uuid4()),
+         "timestamp": (fast - timedelta(seconds=30)).isoformat()},
+        {"event": "ignored", "distinct_id": "clock", "uuid": str(uuid.uuid4()),
+         "timestamp": fast.isoformat(), "properties": {"$ignore_sent_at": True}},
+        {"event": "future", "distinct_id": "clock", "uuid": str(uuid.uuid4()),
+         "timestamp": (fast + timedelta(days=2)).isoformat(), "properties": {"$ignore_sent_at": True}},
+    ]
+    before = datetime.now(UTC)
+    response = client.post(f"{URL}/batch/", json={"api_key": PROGRAM, "sent_at": fast.isoformat(),
+                                                  "batch": events})
+    after = datetime.now(UTC)
+    assert response.status_code == 200, response.text
+    rows = {e["event_type"]: e for e in stored(client, "clock", 3)}
+    at = {name: utc(row["event_timestamp"]) for name, row in rows.items()}
+    assert before - timedelta(seconds=31) <= at["skewed"] <= after - timedelta(seconds=29)
+    assert at["ignored"] == fast  # as sent: 1 h ahead
+    assert before <= at["future"] <= after  # 2 days ahead: clamped to receipt
+    assert utc(rows["skewed"]["client_timestamp"]) == fast - timedelta(seconds=30)
+    assert utc(rows["future"]["client_timestamp"]) == fast + timedelta(days=2)

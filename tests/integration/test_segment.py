@@ -187,3 +187,28 @@ def test_products_feed_label_weights(served: str, store: Store, agents: Agents) 
             return {w["label"]: w["weight"] for w in body["label_weights"]}
         wait_for(lambda: len(weights()) == 2)
         assert set(weights()) == {"Games", "Books"}
+
+
+def test_a_clock_an_hour_fast_is_corrected_by_sent_at(client: TestClient, store: Store) -> None:
+    """Segment's rule: timestamp = receivedAt - (sentAt - timestamp); the raw time is kept."""
+    from datetime import UTC, datetime, timedelta
+
+    def utc(text: str) -> datetime:  # GET /events answers UTC times without an offset
+        ts = datetime.fromisoformat(text)
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+    fast = datetime.now(UTC) + timedelta(hours=1)
+    before = datetime.now(UTC)
+    response = client.post("/compat/segment/v1/batch", json={
+        "writeKey": "shop", "sentAt": fast.isoformat(), "batch": [
+            {"type": "track", "event": "Skewed", "userId": "clock", "messageId": "m-1",
+             "timestamp": (fast - timedelta(seconds=30)).isoformat()}]})
+    after = datetime.now(UTC)
+    assert response.status_code == 200, response.text
+    wait_for(lambda: len(client.get("/events", params={"user_id": "clock"},
+                                    headers={"program-id": "shop"}).json()["events"]) == 1)
+    [row] = client.get("/events", params={"user_id": "clock"},
+                       headers={"program-id": "shop"}).json()["events"]
+    at = utc(row["event_timestamp"])
+    assert before - timedelta(seconds=31) <= at <= after - timedelta(seconds=29)
+    assert utc(row["client_timestamp"]) == fast - timedelta(seconds=30)

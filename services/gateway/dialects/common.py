@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 import orjson
@@ -221,3 +222,35 @@ def labels_of(*values: Any) -> list[str]:
                     and label not in labels and len(labels) < MAX_LABELS):
                 labels.append(label)
     return labels
+
+
+# -- clients' clocks ---------------------------------------------------------------------
+FUTURE_LIMIT = timedelta(hours=23)  # later than receipt plus this: a clock gone wrong
+# A send time within this of receipt is network delay, not a wrong clock: left alone, the
+# client's times stay exactly as sent, and a retried event keeps its sorting key in
+# ClickHouse (where ReplacingMergeTree collapses it).
+SKEW_TOLERANCE = timedelta(seconds=2)
+
+
+def iso_time(value: Any) -> datetime | None:
+    """An ISO 8601 time (no offset: UTC) of years 1900-2299, else None."""
+    try:
+        ts = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if ts is None or not 1900 <= ts.year <= 2299:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def skew_corrected(client_ts: datetime, sent_at: datetime | None, received: datetime) -> datetime:
+    """The event's time on the server's clock: a phone an hour fast stamps its events and
+    its send time an hour fast alike, so ``received - (sent_at - client_ts)`` removes the
+    error (PostHog's and Segment's own rule), unless the send time is within
+    SKEW_TOLERANCE of receipt. Without a send time the client's time stands. Either way,
+    more than 23 h past receipt is clamped to receipt (no event is stored into the future)."""
+    skewed = sent_at is not None and abs(received - sent_at) > SKEW_TOLERANCE
+    ts = received - (sent_at - client_ts) if skewed and sent_at is not None else client_ts
+    if ts > received + FUTURE_LIMIT:
+        return received
+    return ts if 1900 <= ts.year <= 2299 else client_ts

@@ -18,8 +18,9 @@ event -> event_type, uuid -> client_event_id (absent: a UUIDv7, as PostHog's cap
 makes), timestamp (ISO 8601; absent: receipt time less ``offset`` ms) -> event_timestamp,
 properties -> properties with a top-level ``$set``/``$set_once`` moved in and ``token``
 dropped (it is the write key); properties ``asset_id`` and ``labels`` (a string or list
-of strings) -> asset_id and labels, so the events feed label weights. PostHog's clock-skew
-correction by ``sent_at`` is not applied.
+of strings) -> asset_id and labels, so the events feed label weights. The timestamp is
+corrected for the client's clock by the batch's ``sent_at`` (or posthog-js's ``_``) as
+PostHog does (see common.skew_corrected); the raw one -> client_timestamp.
 
 Out: 200 ``{"status": 1}`` once the broker holds every event (posthog-python takes only
 200 as success). Failures in the shape of PostHog's API errors, ``{"type", "code",
@@ -50,9 +51,11 @@ from services.gateway.dialects.common import (
     error_route,
     gunzip,
     inline_defs,
+    iso_time,
     json_text,
     key_program,
     labels_of,
+    skew_corrected,
     text_id,
     uuid7,
 )
@@ -164,7 +167,8 @@ def token_of(events: list[Any], batch_token: str | None, where: str | None) -> s
     return tokens.pop() if tokens else None
 
 
-def canonical(event: Any, where: str, now: datetime) -> dict[str, Any]:
+def canonical(event: Any, where: str, now: datetime,
+              sent_at: datetime | None = None) -> dict[str, Any]:
     """One PostHog event -> a canonical event dict (see the module docstring)."""
     if not isinstance(event, dict):
         raise _invalid(f"{where.rstrip('.') or 'the body'}: an event must be an object")
@@ -190,9 +194,8 @@ def canonical(event: Any, where: str, now: datetime) -> dict[str, Any]:
     for key in ("$set", "$set_once"):
         if event.get(key) is not None and key not in properties:
             properties[key] = event[key]
-    return {
+    return _times(event, properties, now, sent_at, where) | {
         "user_id": user,
-        "event_timestamp": _timestamp(event.get("timestamp"), event.get("offset"), now, where),
         "event_type": name,
         "asset_id": asset_of(properties),
         "labels": labels_of(properties.get("labels")),
@@ -201,18 +204,35 @@ def canonical(event: Any, where: str, now: datetime) -> dict[str, Any]:
     }
 
 
-def _timestamp(value: Any, offset: Any, now: datetime, where: str) -> datetime:
+def _times(event: dict[str, Any], properties: dict[str, Any], now: datetime,
+           sent_at: datetime | None, where: str) -> dict[str, Any]:
+    """event_timestamp corrected for the client's clock by the batch's ``sent_at`` (unless
+    the event says ``$ignore_sent_at``), and client_timestamp as the client sent it."""
+    value = event.get("timestamp")
     if value is None:
+        offset = event.get("offset")
         if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset < 10**10:
-            return now - timedelta(milliseconds=offset)
-        return now
-    try:
-        ts = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        ts = None
-    if ts is None or not 1900 <= ts.year <= 2299:
+            return {"event_timestamp": now - timedelta(milliseconds=offset)}
+        return {"event_timestamp": now}
+    ts = iso_time(value)
+    if ts is None:
         raise _invalid(f"{where}timestamp: must be an ISO 8601 time of years 1900 to 2299")
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    if properties.get("$ignore_sent_at") is True:
+        sent_at = None
+    return {"event_timestamp": skew_corrected(ts, sent_at, now), "client_timestamp": ts}
+
+
+def sent_at_of(parsed: Any, query_ms: str | None) -> datetime | None:
+    """When the client sent the request, by its clock: the batch's ``sent_at``, else
+    posthog-js's ``_`` query parameter (epoch ms). Unreadable: none (no correction)."""
+    if isinstance(parsed, dict) and (sent := iso_time(parsed.get("sent_at"))) is not None:
+        return sent
+    if query_ms and query_ms.isdigit() and len(query_ms) <= 15:
+        try:
+            return datetime.fromtimestamp(int(query_ms) / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            return None
+    return None
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -244,7 +264,8 @@ async def accept(request: Request, gateway: Gateway) -> Response:
     events, where, batch_token = events_of(parsed)
     program_id = key_program(gateway, token_of(events, batch_token, where))
     now = datetime.now(UTC)
-    canonical_events = [canonical(e, item(where, i), now) for i, e in enumerate(events)]
+    sent_at = sent_at_of(parsed, request.query_params.get("_"))
+    canonical_events = [canonical(e, item(where, i), now, sent_at) for i, e in enumerate(events)]
     await ingest(gateway, program_id, canonical_events,
                  queue_updates=not gateway.settings.dialect_waits_for_state(program_id),
                  process_user_actions=True, source=SOURCE)

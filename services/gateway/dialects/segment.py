@@ -14,7 +14,8 @@ at most SLUICE_MAX_BODY_BYTES (413 beyond).
 Mapping: userId (else anonymousId; strings or numbers) -> user_id, anonymousId ->
 anonymous_id, ``event`` (track) or the type (``identify``, ``page``, ...) -> event_type,
 messageId -> client_event_id (absent: a UUIDv7), timestamp (else originalTimestamp, else
-receipt time) -> event_timestamp, properties -> properties, with ``$traits``,
+receipt time) -> event_timestamp, corrected for the client's clock by ``sentAt`` (see
+common.skew_corrected; the raw one -> client_timestamp), properties -> properties, with ``$traits``,
 ``$context`` (the batch's context under the message's), ``$name``, ``$groupId`` and
 ``$previousId`` added where sent. Asset and labels, for label weights and recommendations:
 asset_id = property ``asset_id``, else ``product_id`` (Segment's e-commerce spec); labels =
@@ -51,9 +52,11 @@ from services.gateway.dialects.common import (
     error_route,
     gunzip,
     inline_defs,
+    iso_time,
     json_text,
     key_program,
     labels_of,
+    skew_corrected,
     text_id,
     uuid7,
 )
@@ -123,7 +126,7 @@ def _at(kind: str | None, i: int) -> str:
 
 
 def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
-              now: datetime) -> list[dict[str, Any]]:
+              now: datetime, batch_sent_at: Any = None) -> list[dict[str, Any]]:
     """One Segment message -> its canonical events (one per product of ``products[]``)."""
     if not isinstance(message, dict):
         raise _invalid(f"{where.rstrip('.') or 'the body'}: a message must be an object")
@@ -152,10 +155,9 @@ def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
         client_id = uuid7()
     elif not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID:
         raise _invalid(f"{where}messageId: must be a string of 1 to {MAX_ID} characters")
-    base = {
+    base = _times(message, where, now, batch_sent_at) | {
         "user_id": user or anonymous,
         "anonymous_id": anonymous or "",
-        "event_timestamp": _timestamp(message, where, now),
         "event_type": event_type,
     }
     products = properties.get("products")
@@ -191,19 +193,20 @@ def _object(message: dict[str, Any], field: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _timestamp(message: dict[str, Any], where: str, now: datetime) -> datetime:
+def _times(message: dict[str, Any], where: str, now: datetime,
+           batch_sent_at: Any) -> dict[str, Any]:
+    """event_timestamp corrected for the client's clock by ``sentAt`` (the message's, else
+    the batch's), and client_timestamp as the client sent it."""
     for field in ("timestamp", "originalTimestamp"):
         value = message.get(field)
         if value is None:
             continue
-        try:
-            ts = datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            ts = None
-        if ts is None or not 1900 <= ts.year <= 2299:
+        ts = iso_time(value)
+        if ts is None:
             raise _invalid(f"{where}{field}: must be an ISO 8601 time of years 1900 to 2299")
-        return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-    return now
+        sent_at = iso_time(message.get("sentAt")) or iso_time(batch_sent_at)
+        return {"event_timestamp": skew_corrected(ts, sent_at, now), "client_timestamp": ts}
+    return {"event_timestamp": now}
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -231,8 +234,9 @@ async def accept(request: Request, gateway: Gateway, kind: str | None) -> Respon
     parsed, messages = parse(body, kind)
     program_id = key_program(gateway, write_key(request.headers.get("authorization"), parsed))
     now, shared = datetime.now(UTC), None if kind else parsed.get("context")
+    sent_at = None if kind else parsed.get("sentAt")
     events = [event for i, message in enumerate(messages)
-              for event in canonical(message, kind, _at(kind, i), shared, now)]
+              for event in canonical(message, kind, _at(kind, i), shared, now, sent_at)]
     await ingest(gateway, program_id, events,
                  queue_updates=not gateway.settings.dialect_waits_for_state(program_id),
                  process_user_actions=True, source=SOURCE)

@@ -34,6 +34,7 @@ class StoredEvent(BaseModel):
     event_id: str
     user_id: str
     event_timestamp: datetime
+    client_timestamp: datetime | None = None  # as the client sent it, where it was corrected
     event_type: str
     asset_id: str
     labels: list[str]

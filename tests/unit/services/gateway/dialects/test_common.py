@@ -65,3 +65,26 @@ def test_asset_and_labels_are_taken_only_when_well_formed() -> None:
     assert labels_of("Games", ["red", "Games", "", 3, "x" * 257, "shoe"], None) == [
         "Games", "red", "shoe"]
     assert len(labels_of([f"l{i}" for i in range(500)])) == 100
+
+
+def test_skew_correction_follows_the_clients_send_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.gateway.dialects.common import skew_corrected
+
+    received = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    # an hour fast: the event 30 s before sending lands 30 s before receipt
+    assert skew_corrected(received + hour - timedelta(seconds=30), received + hour, received) == (
+        received - timedelta(seconds=30))
+    # a day slow, an event queued offline for 5 minutes
+    day = timedelta(days=1)
+    assert skew_corrected(received - day - timedelta(minutes=5), received - day, received) == (
+        received - timedelta(minutes=5))
+    # within the tolerance (network delay): the client's time as sent
+    t = received - timedelta(minutes=1)
+    assert skew_corrected(t, received - timedelta(seconds=1), received) == t
+    assert skew_corrected(t, None, received) == t  # no send time: nothing to correct by
+    # more than 23 h into the future: receipt
+    assert skew_corrected(received + 2 * day, None, received) == received
+    assert skew_corrected(received + 2 * day, received + 2 * day + hour, received) == received - hour

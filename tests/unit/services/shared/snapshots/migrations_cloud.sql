@@ -56,3 +56,6 @@ ALTER TABLE events ADD COLUMN IF NOT EXISTS value Nullable(Float64);
 
 -- 0005_events_update_session (sha256 8ea9357a022d)
 ALTER TABLE events ADD COLUMN IF NOT EXISTS update_session Bool DEFAULT false;
+
+-- 0006_events_client_timestamp (sha256 d710d2f9a739)
+ALTER TABLE events ADD COLUMN IF NOT EXISTS client_timestamp Nullable(DateTime64(6, 'UTC')) AFTER event_timestamp;

@@ -29,7 +29,9 @@ from bench.dialects import (
     crowdpower_body,
     personalize_body,
     post_once,
+    posthog_body,
     retail_body,
+    segment_body,
     userflux_body,
 )
 from bench.gateway import GatewayProcess, HeyResult, hey
@@ -58,6 +60,14 @@ def _single_bodies() -> list[tuple[str, str, int, bytes]]:
         ("CrowdPower /events", "/compat/crowdpower/events", 200,
          orjson.dumps({"user_id": crowd["user_id"], "email": crowd["email"]}
                       | crowd["events"][0])),
+        # as posthog-js captures one event (the token in the event; no uuid: every request
+        # is a new event, not a retry) and as Segment's /v1/track takes one call
+        ("PostHog /e/, 1 event", "/compat/posthog/e/", 200,
+         orjson.dumps({k: v for k, v in orjson.loads(posthog_body(n=1))["batch"][0].items()
+                       if k != "uuid"} | {"api_key": "bench"})),
+        ("Segment /v1/track", "/compat/segment/v1/track", 200,
+         orjson.dumps({k: v for k, v in orjson.loads(segment_body(n=1))["batch"][0].items()
+                       if k not in ("messageId", "type")} | {"writeKey": "bench"})),
     ]
 
 

@@ -68,11 +68,14 @@ async def ingest(
         "source": source,
     }, option=ENCODE_OPTIONS)[1:]
     asset_labels = gateway.views.catalog(program_id).labels_of
-    ids = new_event_ids(len(events))
     if events and isinstance(events[0], ApiEvent):
+        ids = new_event_ids(len(events))
         lines = _api_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
                            f"{program_id}\x1f{source}\x1f")
     else:
+        # a server id only for the events without the client's own (PostHog and Segment
+        # events always have one): a random id costs a system call
+        ids = new_event_ids(sum(not e.get("client_event_id") for e in events))  # type: ignore[union-attr]
         lines = _canonical_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
                                  f"{program_id}\x1f{source}\x1f")
     partitions = gateway.publisher.partition_count()
@@ -137,13 +140,15 @@ def _canonical_lines(events: list[dict[str, Any]], ids: list[str],
                      asset_labels: Callable[[str], list[str]], tail: bytes,
                      client_id_prefix: str) -> list[tuple[str, bytes]]:
     """(user, wire line) of each dialect's canonical event dict. A client's own event id
-    gives a deterministic event_id (see CLIENT_ID_NAMESPACE)."""
+    gives a deterministic event_id (see CLIENT_ID_NAMESPACE); ``ids`` are the fresh ones of
+    the events without."""
     dumps, options = orjson.dumps, ENCODE_OPTIONS
+    fresh = iter(ids)  # one for each event without a client id
     out = []
-    for event, event_id in zip(events, ids, strict=True):
+    for event in events:
         client_id = event.get("client_event_id")
         event["event_id"] = (str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{client_id_prefix}{client_id}"))
-                             if client_id else event_id)
+                             if client_id else next(fresh))
         event["asset_labels"] = asset_labels(event["asset_id"])
         out.append((event["user_id"], dumps(event, option=options)[:-1] + tail))
     return out

@@ -22,14 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
-# Python's uuid has uuid7 from 3.14 only; the uuid6 package is its RFC 9562 version for
-# 3.11+ (pure Python, no dependencies).
-from uuid6 import uuid7 as _uuid7
-
 from services.gateway.auth import BEARER, AuthError, authorize, check_bearer
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.errors import PayloadTooLarge, StateUnavailable, UpdateTimeout
-from services.gateway.validate import MAX_LABELS
+from services.gateway.validate import MAX_LABELS, time_ordered_id
 from services.shared.publish import BrokerUnavailable
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -193,7 +189,7 @@ def key_program(gateway: Gateway, key: str | None) -> str:
 
 def uuid7() -> str:
     """A time-ordered id for an event whose client sent none (as PostHog's capture does)."""
-    return str(_uuid7())
+    return time_ordered_id()
 
 
 def text_id(value: Any) -> str | None:

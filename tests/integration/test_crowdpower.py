@@ -228,3 +228,13 @@ def test_api_keys_are_required_to_read_the_user(keyed: TestClient, tokens: dict[
     # GET /users/{id} follows the ActionHub routes' rules (FastAPI's detail shape)
     assert keyed.get("/users/cust-1", headers=auth(None)).status_code == 401
     assert keyed.get("/users/cust-1", headers=auth(tokens["read"])).status_code == 200
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_json_has_not_in_properties_is_422(gateway: TestClient, number: str) -> None:
+    # the parser takes them, but the stored properties would be no JSON text
+    body = '{"user_id": "u", "events": [{"action": "x", "properties": {"n": @}}]}'.replace(
+        "@", number)
+    response = assert_error(gateway.post(BULK, content=body, headers=H | {
+        "content-type": "application/json"}), 422)
+    assert fields(response) == ["events.0.properties"]

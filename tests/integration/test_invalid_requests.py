@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -140,3 +141,12 @@ def test_asset_attributes_at_the_edges_are_stored_as_sent(gateway: TestClient) -
                            headers=HEADERS)
     assert response.status_code == 200, response.text
     assert gateway.get("/assets/a1", headers=HEADERS).json()["attributes"] == attributes
+
+
+def test_an_unknown_field_nested_past_any_parser_limit_is_422(gateway: TestClient) -> None:
+    # msgspec, which skips unknown fields, raised RecursionError here: a 500
+    bad = orjson.dumps({"events": [event(extra="@")]}).replace(b'"@"', b"[" * 5000 + b"]" * 5000)
+    response = gateway.post("/events", content=bad, headers=HEADERS | {
+        "content-type": "application/json"})
+    assert locs(response) == [["body"]]
+    assert "recursion limit" in response.json()["detail"][0]["msg"]

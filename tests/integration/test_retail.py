@@ -246,3 +246,13 @@ def test_a_sale_drives_the_same_label_weights_as_an_actionhub_purchase(
     assert retail == hub
     assert [w["label"] for w in retail] == ["red", "shoe"]
     assert retail[0]["weight"] == pytest.approx(5.0)  # a purchase's raise, not a view's
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_json_has_not_in_an_unknown_field_is_422(gateway: TestClient, number: str) -> None:
+    # unknown fields become the properties' JSON text, which these would break
+    body = orjson.dumps([VIEWED, SALE | {"note": {"n": "@"}}]).decode().replace('"@"', number)
+    [err] = assert_error(gateway.post(URL, content=body, headers=H | {
+        "content-type": "application/json"}), 422)["errors"]
+    assert (err["index"], err["type"]) == (1, "EventSale")
+    assert "NaN and Infinity" in err["message"]

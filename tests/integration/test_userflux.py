@@ -183,3 +183,13 @@ def test_a_vendor_client_needs_only_the_key_the_program_comes_from_it(
     # a key of another program still cannot write into this one by naming it
     other = pipeline.post(ONE, json=EVENT, headers=H | {"authorization": f"Bearer {tokens['other']}"})
     assert_error(other, 403, "Forbidden")
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_json_has_not_in_properties_is_400(gateway: TestClient, number: str) -> None:
+    # the parser takes them, but the stored properties would be no JSON text
+    body = '{"userId": "u", "name": "x", "properties": {"score": [@]}}'.replace("@", number)
+    error = assert_error(gateway.post(ONE, content=body, headers=H | {
+        "content-type": "application/json"}), 400, "Bad Request")
+    assert [d["path"] for d in error["details"]] == ["properties"]
+    assert "NaN and Infinity" in error["message"]

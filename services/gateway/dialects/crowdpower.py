@@ -51,7 +51,7 @@ from services.gateway.dialects.common import (
 )
 from services.gateway.ingest import ingest
 from services.gateway.routes.profiles import profile
-from services.gateway.validate import Id
+from services.gateway.validate import Id, Properties
 
 SOURCE = "crowdpower"
 MAX_BULK = 100
@@ -68,7 +68,7 @@ StrictBool = Annotated[bool, Strict()]
 @with_config(ConfigDict(extra="ignore", title="CrowdPowerBulkEvent"))
 class BulkEvent(TypedDict):
     action: Id
-    properties: NotRequired[dict[str, Any] | None]
+    properties: NotRequired[Properties | None]
     created_at: NotRequired[EpochSeconds | None]
     update_session: NotRequired[StrictBool | None]
 

@@ -38,13 +38,14 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    model_validator,
 )
 
 from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
-from services.gateway.validate import Id, Timestamp
+from services.gateway.validate import Id, Timestamp, finite_json
 
 SOURCE = "retail"
 MAX_EVENTS = 100  # "You can load up to 100 events at once"
@@ -59,6 +60,11 @@ class ProductEvent(BaseModel):
     timestamp: Timestamp | None = None
     customerCode: Id
     productCode: Id
+
+    @model_validator(mode="after")
+    def _finite_properties(self) -> ProductEvent:
+        finite_json(self.model_extra or {})  # the unknown fields: properties, as JSON text
+        return self
 
 
 class QuantityEvent(ProductEvent):

@@ -37,7 +37,7 @@ from services.gateway.body import json_body_doc, read_json_body
 from services.gateway.deps import GatewayDep
 from services.gateway.dialects.common import WriteProgram, error_route, inline_defs, json_text
 from services.gateway.ingest import ingest
-from services.gateway.validate import Id
+from services.gateway.validate import Id, Properties
 
 SOURCE = "userflux"
 MAX_BATCH = 50  # "The Batch endpoint accepts up to 50 events per request"
@@ -56,7 +56,7 @@ class IngestEvent(TypedDict):
     anonymousId: NotRequired[Id | None]
     name: Id
     timestamp: NotRequired[EpochMillis | None]
-    properties: NotRequired[dict[str, Any] | None]
+    properties: NotRequired[Properties | None]
 
 
 @with_config(ConfigDict(extra="ignore", title="IngestEventBatch"))

@@ -257,14 +257,16 @@ async def capture(request: Request, gateway: GatewayDep) -> Response:
 async def accept(request: Request, gateway: Gateway) -> Response:
     limit = gateway.settings.max_body_bytes
     headers = request.headers
+    # the SDKs' batches come without a query: parsing none saves a few percent a request
+    query = request.query_params if request.scope.get("query_string") else {}
     parsed = decode(
-        await read_body(request, limit), compression=request.query_params.get("compression"),
+        await read_body(request, limit), compression=query.get("compression"),
         encoding=headers.get("content-encoding", "").lower(), limit=limit,
         form=headers.get("content-type", "").startswith("application/x-www-form-urlencoded"))
     events, where, batch_token = events_of(parsed)
     program_id = key_program(gateway, token_of(events, batch_token, where))
     now = datetime.now(UTC)
-    sent_at = sent_at_of(parsed, request.query_params.get("_"))
+    sent_at = sent_at_of(parsed, query.get("_"))
     canonical_events = [canonical(e, item(where, i), now, sent_at) for i, e in enumerate(events)]
     await ingest(gateway, program_id, canonical_events,
                  queue_updates=not gateway.settings.dialect_waits_for_state(program_id),

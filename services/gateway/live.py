@@ -2,8 +2,11 @@
 
 A reader without a consumer group follows the ends of the events and DLQ topics on a
 thread of its own, only while someone looks: it starts at the first request for a snapshot
-(a little before each partition's end, so the page is not empty) and stops after
-``IDLE_S`` without one. It never touches the POST path. Lag is the groups' committed
+(a little before each partition's end, so the page is not empty: that first request waits
+for this read-back, briefly) and stops after ``IDLE_S`` without one. Events are kept and
+shown newest first by the gateway's received_at, whatever the partition they were read
+from: a reader takes partitions in turns, so a burst on one can be read after a newer
+single event on another. It never touches the POST path. Lag is the groups' committed
 offsets vs the partitions' ends (services.shared.lag), read at most every ``LAG_TTL_S``.
 """
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 KEEP_EVENTS = 300
 KEEP_DEAD = 100
 BACKFILL = 50  # messages per partition read back when the reader starts
+BACKFILL_WAIT_S = 2.0
 IDLE_S = 60.0
 LAG_TTL_S = 2.0
 EVENT_FIELDS = ("program_id", "user_id", "event_type", "asset_id", "source", "event_timestamp",
@@ -37,8 +41,9 @@ EVENT_FIELDS = ("program_id", "user_id", "event_type", "asset_id", "source", "ev
 class Live:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.events: deque[dict[str, Any]] = deque(maxlen=KEEP_EVENTS)
+        self.events: list[dict[str, Any]] = []  # newest KEEP_EVENTS by received_at, unsorted
         self.dead: deque[dict[str, Any]] = deque(maxlen=KEEP_DEAD)
+        self._backfilled = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._seen = 0.0
@@ -48,13 +53,18 @@ class Live:
         self._readers: dict[str, Consumer] = {}
 
     def snapshot(self) -> dict[str, Any]:
-        """The newest events and dead letters, newest first (starts following if idle)."""
+        """The newest events and dead letters, newest first (starts following if idle, and
+        then waits up to BACKFILL_WAIT_S for the read-back: blocking, call it off the loop)."""
         with self._lock:
             self._seen = time.monotonic()
             if self._running and (self._thread is None or not self._thread.is_alive()):
+                self._backfilled.clear()
                 self._thread = threading.Thread(target=self._follow, name="ui-live", daemon=True)
                 self._thread.start()
-            return {"events": list(reversed(self.events)), "dlq": list(reversed(self.dead))}
+        self._backfilled.wait(BACKFILL_WAIT_S)
+        with self._lock:
+            events = _newest(self.events, KEEP_EVENTS)
+            return {"events": events, "dlq": list(reversed(self.dead))}
 
     def lag(self) -> list[dict[str, Any]]:
         """Lag per partition of the sink's and the agents' groups (blocking: off the loop)."""
@@ -88,15 +98,34 @@ class Live:
             "group.id": f"sluice-ui-{uuid.uuid4().hex[:8]}",  # never joins
         })
         try:
-            consumer.assign(self._starts(consumer, [s.topic_events, s.topic_dlq]))
+            starts = self._starts(consumer, [s.topic_events, s.topic_dlq])
+            consumer.assign(starts)
+            ends = self._ends(consumer, starts)
             while self._running and time.monotonic() - self._seen < IDLE_S:
                 for message in consumer.consume(500, 0.2):
                     if message.error() is None:
-                        self._add(message.topic(), message)
+                        with self._lock:
+                            self._add(message.topic(), message)
+                        at = (message.topic() or "", message.partition() or 0)
+                        if (message.offset() or 0) + 1 >= ends.get(at, 0):
+                            ends.pop(at, None)
+                if not ends or time.monotonic() - self._seen > BACKFILL_WAIT_S:
+                    self._backfilled.set()  # read back (or as far as it got meanwhile)
         except KafkaException as exc:
             log.warning("ui: cannot follow the topics: %s", exc)
         finally:
+            self._backfilled.set()  # no first request waits on a reader that stopped
             consumer.close()
+
+    @staticmethod
+    def _ends(consumer: Consumer, starts: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Where the read-back of each partition ends (the ends as the reader started)."""
+        ends = {}
+        for tp in starts:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5)
+            if high > tp.offset:
+                ends[(tp.topic, tp.partition)] = high
+        return ends
 
     @staticmethod
     def _starts(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:
@@ -117,6 +146,8 @@ class Live:
                     self.events.append({k: event.get(k) for k in EVENT_FIELDS})
                 except (orjson.JSONDecodeError, AttributeError):
                     continue  # the sink dead-letters it; it shows up there
+            if len(self.events) > 2 * KEEP_EVENTS:  # trimmed now and then, not per message
+                self.events = _newest(self.events, KEEP_EVENTS)[::-1]
             return
         headers = {k: v.decode(errors="replace") for k, v in message.headers() or ()}
         program = None
@@ -129,3 +160,11 @@ class Live:
                                     f"{headers.get('source_partition', '')}@"
                                     f"{headers.get('source_offset', '')}",
                           "value": value[:300].decode(errors="replace")})
+
+
+def _newest(events: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The ``n`` newest by received_at (ISO 8601 in UTC, so text order is time order),
+    newest first; the events of one request keep their order, last first."""
+    ranked = sorted(enumerate(events), key=lambda pair: (str(pair[1].get("received_at") or ""),
+                                                         pair[0]), reverse=True)
+    return [event for _, event in ranked[:n]]

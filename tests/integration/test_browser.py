@@ -78,3 +78,22 @@ def test_docs_and_redoc_render_offline_in_a_browser(served: str) -> None:
     assert 'class="swagger-ui' in swagger and "opblock" in swagger and "/events" in swagger
     redoc = dom(f"{served}/redoc")
     assert "Post Events" in redoc and "api-content" in redoc
+
+
+def test_the_live_page_shows_the_newest_event_first_whatever_came_before(
+        settings: Settings, served: str) -> None:
+    """Two 1000-event requests, then one event of a new user; a page opened only then
+    shows that event at the top (it was on another partition than most of the burst, and
+    the reader reads partitions in turns)."""
+    for burst in range(2):
+        events = [event(f"burst{burst}-{i}", f"a{i}") for i in range(1000)]
+        assert httpx.post(f"{served}/events", json={"events": events}, headers=H,
+                          timeout=30).status_code == 200
+    newest = f"newest-{time.monotonic_ns()}"
+    assert httpx.post(f"{served}/events", json={"events": [event(newest)]},
+                      headers=H).status_code == 200
+    page = dom(f"{served}/ui")  # opened after the posts: its first poll reads them back
+    table = page[page.index('id="events"'):]
+    table = table[:table.index("</tbody>")]
+    assert newest in table, table[:2000]
+    assert table.index(newest) < table.index("burst"), table[:2000]

@@ -32,7 +32,7 @@ async def ui_page() -> FileResponse:
             "accepted by dialect, and the consumer groups' lag")
 async def ui_live(_auth: ReadKey, request: Request) -> dict[str, Any]:
     live: Live = request.app.state.live
-    snapshot = live.snapshot()
+    snapshot = await asyncio.to_thread(live.snapshot)  # a first one waits for the read-back
     program = request.headers.get("program-id") or None  # with keys: the key's program
     if program is not None:
         snapshot = {name: [e for e in entries if e.get("program_id") == program]

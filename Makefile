@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration chromium bench lint clean
+.PHONY: run test test-unit test-integration chromium promtool bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,12 @@ run: $(STAMP)
 	$(BIN)/sluice up
 
 ## Install with the test extras and run every test (unit + integration on Tansu + chDB;
-## the browser tests need Debian's chromium: installed if missing).
-test: $(STAMP) chromium
+## the browser tests need Debian's chromium, the alert rules' check promtool (Debian's
+## prometheus package): installed if missing).
+test: $(STAMP) chromium promtool
 	$(BIN)/python -m pytest tests
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) promtool
 	$(BIN)/python -m pytest tests/unit
 
 test-integration: $(STAMP) chromium
@@ -32,6 +33,11 @@ test-integration: $(STAMP) chromium
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| (echo "the browser tests need 'chromium' (Debian package chromium)"; exit 1)
+
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq \
+		&& apt-get install -y -qq --no-install-recommends prometheus) \
+		|| (echo "the alert rules' test needs 'promtool' (Debian package prometheus)"; exit 1)
 
 ## Throughput and latency figures on the embedded stack (needs `hey`; installed if missing).
 bench: $(STAMP)

@@ -50,9 +50,17 @@ def test_the_key_names_the_program(tmp_path: Path) -> None:
 
 
 def test_uuid7_is_time_ordered() -> None:
-    first, second = uuid.UUID(uuid7()), uuid.UUID(uuid7())
-    assert first.version == second.version == 7
+    """Ordered by their milliseconds (RFC 9562; within one millisecond the rest is random,
+    which the RFC allows: nothing in Sluice orders by it), each on the clock."""
+    import time
+
+    first = uuid.UUID(uuid7())
+    time.sleep(0.002)
+    second = uuid.UUID(uuid7())
+    assert first.version == second.version == 7 and first.variant == uuid.RFC_4122
     assert first < second
+    assert abs((second.int >> 80) / 1000 - time.time()) < 1  # milliseconds of now
+    assert len({uuid7() for _ in range(10_000)}) == 10_000
 
 
 def test_asset_and_labels_are_taken_only_when_well_formed() -> None:

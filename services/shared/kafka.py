@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -199,12 +200,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None,
                     headers: list[tuple[str, str | bytes | None]] | None = None,
-                    partition: int = -1) -> None:
+                    partition: int = -1, on_delivery: Callable[..., None] | None = None) -> None:
     """produce(), waiting while librdkafka's local queue is full (bulk writers: rebuilds,
-    benches), instead of failing with BufferError."""
+    replays, benches), instead of failing with BufferError."""
+    extra: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
     while True:
         try:
-            producer.produce(topic, value, key, partition=partition, headers=headers)
+            producer.produce(topic, value, key, partition=partition, headers=headers, **extra)
             return
         except BufferError:
             producer.poll(0.005)

@@ -239,7 +239,7 @@ class Sink:
     def _dead_letter(self, message: Message, reason: str, category: str,
                      value: bytes | None = None) -> None:
         """To the DLQ with the free-text reason; the metric gets the bounded category."""
-        self.dead_letters.send(message, reason, value=value)
+        self.dead_letters.send(message, reason, category, value=value)
         DLQ_MESSAGES.labels(category).inc()
 
     def _commit_written(self, wait: bool = False) -> None:

@@ -1,7 +1,10 @@
 """Messages the sink cannot store -> the ``events.dlq`` topic, with the reason.
 
-The original bytes are kept untouched; headers say why and where they came from, so an
-operator can fix and replay them. Delivery is confirmed before the sink commits past them:
+The original bytes are kept untouched; headers say why (``reason``: free text; ``category``:
+one of CATEGORIES) and where they came from, so an operator can list them (``sluice dlq``)
+and replay them (``sluice replay``, services.sink.replay). A line that a replay put back on
+the events topic carries REPLAY_HEADER; refused again, its letter keeps that as ``replay_of``,
+so the next replay does not loop it. Delivery is confirmed before the sink commits past them:
 letters the broker did not take (down, or a fenced producer, which is then replaced) are
 sent again until it does, so a broker outage pauses the sink instead of stopping it.
 """
@@ -20,6 +23,12 @@ log = logging.getLogger(__name__)
 
 Letter = tuple[bytes | None, bytes | None, dict[str, bytes]]  # value, key, headers
 
+# Why the sink dead-letters (the bounded ``category`` header and the metric's label).
+CATEGORIES = ("invalid_event", "invalid_asset", "empty", "clickhouse_refused")
+# On a line a replay produced: which letter ("partition:offset" of the DLQ) it came from.
+REPLAY_HEADER = "sluice-replay-of"
+REPLAY_OF = "replay_of"  # the same, on a letter: a replay already tried this one
+
 
 class DeadLetterError(Exception):
     """The DLQ did not take the messages: the batch must not be committed."""
@@ -33,14 +42,21 @@ class DeadLetters:
         self.sent = 0
         self._failed: list[Letter] = []  # refused by the broker: to send again
 
-    def send(self, message: Message, reason: str, value: bytes | None = None) -> None:
+    def send(self, message: Message, reason: str, category: str,
+             value: bytes | None = None) -> None:
         """Dead-letter ``value`` (default: the whole message; else the one bad line of it)."""
-        letter = (message.value() if value is None else value, message.key(), {
+        headers = {
             "reason": reason.encode()[:2000],
+            "category": category.encode(),
             "source_topic": (message.topic() or "").encode(),
             "source_partition": str(message.partition()).encode(),
             "source_offset": str(message.offset()).encode(),
-        })
+        }
+        came_with: list[tuple[str, bytes | None]] = message.headers() or []  # type: ignore[assignment]
+        for name, raw in came_with:
+            if name == REPLAY_HEADER and raw:
+                headers[REPLAY_OF] = raw
+        letter = (message.value() if value is None else value, message.key(), headers)
         self._produce(letter)
         self.sent += 1
 

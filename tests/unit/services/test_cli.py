@@ -102,3 +102,29 @@ def test_migrate_applies_what_is_missing_on_the_embedded_store(
     assert again.exit_code == 0, again.output
     assert again.stdout.splitlines() == [
         f"ClickHouse schema (single) is up to date: {len(names)} migrations, 0 applied now"]
+
+
+# -- sluice dlq / replay ----------------------------------------------------------------
+
+def test_dlq_and_replay_refuse_a_time_that_is_not_iso() -> None:
+    for command in ("dlq", "replay"):
+        result = CliRunner().invoke(cli.app, [command, "--since", "yesterday"])
+        assert result.exit_code == 2
+        assert "ISO 8601" in result.output
+
+
+def test_dlq_and_replay_end_in_one_line_when_the_broker_is_unreachable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.sink.letters import BrokerError
+
+    def unreachable(*_: object, **__: object) -> None:
+        raise BrokerError("broker 127.0.0.1:1 unreachable: timed out")
+
+    monkeypatch.setattr("services.sink.letters.read_all", unreachable)
+    monkeypatch.setattr("services.sink.replay.read_all", unreachable)
+    monkeypatch.setattr("services.sink.replay.ensure_marker_topic", lambda settings: None)
+    for args in (["dlq"], ["replay"], ["replay", "--dry-run"]):
+        result = CliRunner().invoke(cli.app, args)
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [
+            f"sluice {args[0]}: broker 127.0.0.1:1 unreachable: timed out"]

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration chromium promtool bench lint clean
+.PHONY: run test test-unit test-integration chromium promtool bench lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| (echo "bench needs 'wrk' (Debian package wrk)"; exit 1)
 	$(BIN)/python -m bench.run
+
+## The documentation site (docs/, mkdocs-material) on http://127.0.0.1:8088, live-reloaded.
+docs: $(STAMP)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8088
 
 lint: $(STAMP)
 	$(BIN)/ruff check services streams tests bench

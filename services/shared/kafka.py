@@ -1,7 +1,7 @@
 """Kafka plumbing shared by every role: client configs and topic creation.
 
 confluent-kafka (librdkafka) is the client of the hot paths: measured here it produces
-several times faster than aiokafka (see bench/ and README). Group timeouts are short
+several times faster than aiokafka (see bench/ and docs/benchmarks.md). Group timeouts are short
 because Tansu, like Kafka, makes a joining consumer wait a whole session timeout
 before the first assignment.
 """

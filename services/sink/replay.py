@@ -29,7 +29,7 @@ Order of writes, per batch of letters: produce events and new letters (acks=all,
 idempotent), wait for every delivery, then produce markers of the letters whose records
 were all delivered, and wait for those. A crash between the two replays those letters
 again on the next run: their events keep their ids, so ClickHouse collapses them (the
-agents count them again unless they carry a client event id: see README).
+agents count them again unless they carry a client event id: see docs/operating.md).
 """
 
 from __future__ import annotations

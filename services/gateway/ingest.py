@@ -14,6 +14,7 @@ its vendor's own shape. The messages are the group commit's
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,17 @@ from services.shared.metrics import accepted
 # event_id of an event with a client-side id: the same (program, source, client id) always
 # gives the same event_id, so a retried request collapses in ClickHouse instead of doubling.
 CLIENT_ID_NAMESPACE = uuid.UUID("6f1d8a52-3c0e-4f5b-9a37-5b0f3f2d8e11")
+_NAMESPACE_BYTES = CLIENT_ID_NAMESPACE.bytes
+
+
+def client_event_uuid(name: str) -> str:
+    """``str(uuid.uuid5(CLIENT_ID_NAMESPACE, name))`` (the same text, tested), without the
+    UUID object: a third of the time, and every event of the SDK dialects carries an id."""
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -128,7 +140,7 @@ def _api_lines(events: list[ApiEvent], ids: list[str], asset_labels: Callable[[s
         client_id, extra = event.event_id, b""
         if client_id is not None:
             event.event_id = None  # not among the encoded fields
-            event_id = str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{client_id_prefix}{client_id}"))
+            event_id = client_event_uuid(f"{client_id_prefix}{client_id}")
             extra = b',"client_event_id":' + encode(client_id)
         out.append((event.user_id, b"".join((
             encode(event)[:-1], b',"event_id":"', event_id.encode(), b'"', extra,
@@ -147,7 +159,7 @@ def _canonical_lines(events: list[dict[str, Any]], ids: list[str],
     out = []
     for event in events:
         client_id = event.get("client_event_id")
-        event["event_id"] = (str(uuid.uuid5(CLIENT_ID_NAMESPACE, f"{client_id_prefix}{client_id}"))
+        event["event_id"] = (client_event_uuid(f"{client_id_prefix}{client_id}")
                              if client_id else next(fresh))
         event["asset_labels"] = asset_labels(event["asset_id"])
         out.append((event["user_id"], dumps(event, option=options)[:-1] + tail))

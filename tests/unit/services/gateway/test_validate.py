@@ -131,3 +131,12 @@ def test_a_bad_event_id_is_refused_naming_it(bad: object) -> None:
     with pytest.raises(RequestValidationError) as info:
         parse_event_list(body(GOOD | {"event_id": bad}))
     assert any(e["loc"][-1] == "event_id" for e in info.value.errors()), info.value.errors()
+
+
+@pytest.mark.parametrize("name", ["", "p\x1factionhub\x1fclick-42", "ünï €" * 30, "x" * 600])
+def test_client_event_uuid_is_uuid5_of_the_namespace(name: str) -> None:
+    import uuid
+
+    from services.gateway.ingest import CLIENT_ID_NAMESPACE, client_event_uuid
+
+    assert client_event_uuid(name) == str(uuid.uuid5(CLIENT_ID_NAMESPACE, name))

@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
+from services import letter_commands
+from services.key_commands import keys_app
 from services.shared.settings import Settings
-
-if TYPE_CHECKING:
-    from services.gateway.keys import KeyRing
-    from services.sink.letters import Filter
 
 app = typer.Typer(help="Sluice: streaming ingestion of user events.", no_args_is_help=True)
 
@@ -225,152 +222,10 @@ def status(
     print_status(gather(settings, urls, interval))
 
 
-def _quiet_librdkafka() -> None:
-    """dlq and replay print their own one line on a broker error, not librdkafka's retries."""
-    logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
-
-
-def _letter_filter(command: str, since: str | None, until: str | None, program: str | None,
-                   reason: str | None) -> Filter:
-    from services.sink.letters import Filter, parse_time
-
-    try:
-        return Filter(since=parse_time(since) if since else None,
-                      until=parse_time(until) if until else None, program=program, reason=reason)
-    except ValueError as exc:
-        typer.echo(f"sluice {command}: --since/--until take ISO 8601 times: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-_SINCE = typer.Option(None, help="letters dead-lettered at or after this ISO time (UTC if naive)")
-_UNTIL = typer.Option(None, help="letters dead-lettered before this ISO time")
-_PROGRAM = typer.Option(None, help="only letters whose line names this program")
-_REASON = typer.Option(None, help="a category (invalid_event, clickhouse_refused...) or part "
-                       "of the reason")
-
-
-@app.command()
-def dlq(since: str = _SINCE, until: str = _UNTIL, program: str = _PROGRAM, reason: str = _REASON,
-        limit: int = typer.Option(0, help="also print the first N letters")) -> None:
-    """Dead letters by category and program: how many, when, an example reason."""
-    from rich.console import Console
-
-    from services.sink.letters import BrokerError, groups_table, letters_table, read_all, summarize
-    from services.sink.replay import done_markers, is_done, marker_topic
-
-    settings = Settings()
-    wanted = _letter_filter("dlq", since, until, program, reason)
-    _quiet_librdkafka()
-    try:
-        done = done_markers(read_all(settings, marker_topic(settings)))
-        letters = [x for x in read_all(settings, settings.topic_dlq) if wanted(x)]
-    except BrokerError as exc:
-        typer.echo(f"sluice dlq: {exc}", err=True)
-        raise typer.Exit(1) from None
-    console = Console()
-    console.print(groups_table(summarize(letters, lambda x: is_done(x, done))))
-    if limit > 0:
-        console.print(letters_table(letters[:limit]))
-
-
-@app.command()
-def replay(since: str = _SINCE, until: str = _UNTIL, program: str = _PROGRAM,
-           reason: str = _REASON,
-           dry_run: bool = typer.Option(False, "--dry-run", help="print what would go, and "
-                                        "why each was refused; produce nothing"),
-           retry_refused: bool = typer.Option(False, "--retry-refused", help="also letters an "
-                                              "earlier replay had refused again")) -> None:
-    """Put dead letters back on the events topic, in DLQ order, each once; what still
-    fails the sink's check stays in the DLQ with its new reason."""
-    from rich.console import Console
-
-    from services.sink.letters import BrokerError
-    from services.sink.replay import ReplayError, left_out, load_plan, plan_table
-    from services.sink.replay import replay as run_replay
-
-    settings = Settings()
-    wanted = _letter_filter("replay", since, until, program, reason)
-    _quiet_librdkafka()
-    try:
-        if dry_run:
-            found = load_plan(settings, wanted, retry_refused)
-            Console().print(plan_table(found.steps))
-            typer.echo(left_out(found))
-            return
-        done = run_replay(settings, wanted, retry_refused)
-    except (BrokerError, ReplayError) as exc:
-        typer.echo(f"sluice replay: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"replayed {done.replayed} letters ({done.events} events); {done.refused} "
-               f"refused again, kept in the DLQ with their new reason")
-    typer.echo(left_out(done.plan))
-
-
-keys_app = typer.Typer(help="API keys per program (in SLUICE_KEYS_FILE).", no_args_is_help=True)
+# the operators' command groups, each in a module of its own
+app.command()(letter_commands.dlq)
+app.command()(letter_commands.replay)
 app.add_typer(keys_app, name="keys")
-
-
-def _keyring() -> KeyRing:
-    from services.gateway.keys import KeyRing, KeysFileError
-
-    settings = Settings()
-    if settings.keys_file is None:
-        typer.echo("sluice keys: set SLUICE_KEYS_FILE to the keys file (it is created if "
-                   "missing, mode 0600)", err=True)
-        raise typer.Exit(2)
-    try:
-        return KeyRing(settings.keys_file)
-    except KeysFileError as exc:
-        typer.echo(f"sluice keys: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-@keys_app.command("create")
-def keys_create(
-    program: str = typer.Option(..., help="The program (tenant) the key is for"),
-    scope: str = typer.Option(..., help="write (send events, assets) or read (read them back)"),
-    sigv4: bool = typer.Option(False, "--sigv4", help="An AWS SigV4 key pair, for the Amazon "
-                               "Personalize dialect (access key id + secret access key)"),
-) -> None:
-    """Create a key and print it ONCE: only its hash is stored (a SigV4 secret is stored,
-    since verifying a signature needs it)."""
-    if scope not in ("write", "read"):
-        typer.echo("sluice keys create: --scope must be write or read", err=True)
-        raise typer.Exit(2)
-    record, secret = _keyring().create(program, scope, sigv4=sigv4)
-    if sigv4:
-        typer.echo(f"aws_access_key_id     = {record.id}")
-        typer.echo(f"aws_secret_access_key = {secret}")
-    else:
-        typer.echo(secret)
-    typer.echo(f"({record.scope} key {record.id} for program {record.program!r}; it is shown "
-               "only now: store it)", err=True)
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """Every key: id, program, scope, kind, created, revoked (never a secret or a hash)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=20)  # copied into `sluice keys revoke`
-    for name in ("program", "scope", "kind", "created", "revoked"):
-        table.add_column(name)
-    for r in sorted(_keyring().records(), key=lambda r: (r.program, r.created_at, r.id)):
-        table.add_row(r.id, r.program, r.scope, r.kind, r.created_at, "yes" if r.revoked else "no")
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (see `sluice keys list`)")) -> None:
-    """Revoke a key; running gateways refuse it within about a second."""
-    try:
-        record = _keyring().revoke(key_id)
-    except KeyError:
-        typer.echo(f"sluice keys revoke: no key {key_id!r}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"revoked {record.kind} key {record.id} of program {record.program!r}")
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import orjson
 from services.gateway.deps import Gateway
 from services.gateway.errors import StillPending, UpdateTimeout
 from services.gateway.receipts import Level, Receipt, highest_offsets
-from services.gateway.validate import ApiEvent, new_event_ids
+from services.gateway.validate import ApiEvent, new_event_ids, uuid_text
 from services.shared.events import ENCODE_OPTIONS, message_key, partition_for
 from services.shared.metrics import accepted
 
@@ -43,8 +43,7 @@ def client_event_uuid(name: str) -> str:
     raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_text(raw)
 _ENCODER = msgspec.json.Encoder()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.gateway.views import partition_ends
 from services.shared.kafka import client_config
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.settings import Settings
@@ -100,7 +101,10 @@ class Live:
         try:
             starts = self._starts(consumer, [s.topic_events, s.topic_dlq])
             consumer.assign(starts)
-            ends = self._ends(consumer, starts)
+            # where the read-back ends: the partitions' ends as the reader started
+            start_of = {(tp.topic, tp.partition): tp.offset for tp in starts}
+            ends = {at: end for at, end in partition_ends(consumer, starts).items()
+                    if end > start_of[at]}
             while self._running and time.monotonic() - self._seen < IDLE_S:
                 for message in consumer.consume(500, 0.2):
                     if message.error() is None:
@@ -116,16 +120,6 @@ class Live:
         finally:
             self._backfilled.set()  # no first request waits on a reader that stopped
             consumer.close()
-
-    @staticmethod
-    def _ends(consumer: Consumer, starts: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        """Where the read-back of each partition ends (the ends as the reader started)."""
-        ends = {}
-        for tp in starts:
-            _, high = consumer.get_watermark_offsets(tp, timeout=5)
-            if high > tp.offset:
-                ends[(tp.topic, tp.partition)] = high
-        return ends
 
     @staticmethod
     def _starts(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:

@@ -222,10 +222,11 @@ def _one_event_id() -> str:
     raw = bytearray(_RANDOM.take(16))
     raw[6] = _VERSION_4[raw[6]]
     raw[8] = _RFC_4122[raw[8]]
-    return _text(raw)
+    return uuid_text(raw)
 
 
-def _text(raw: bytes | bytearray) -> str:
+def uuid_text(raw: bytes | bytearray) -> str:
+    """16 bytes as a UUID's 36-character text."""
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -238,7 +239,7 @@ def time_ordered_id() -> str:
     raw = bytearray(time.time_ns().__floordiv__(1_000_000).to_bytes(6, "big") + _RANDOM.take(10))
     raw[6] = _VERSION_7[raw[6]]
     raw[8] = _RFC_4122[raw[8]]
-    return _text(raw)
+    return uuid_text(raw)
 
 
 def new_event_ids(n: int) -> list[str]:

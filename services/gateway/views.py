@@ -81,7 +81,7 @@ class Views:
             consumer.assign(assigned)
             # caught up: every partition read up to its end as of the start (a busy topic is
             # never idle), or nothing arrived for a moment
-            behind = self._ends(consumer, assigned)
+            behind = partition_ends(consumer, assigned)
             idle_since = time.monotonic()
             while self._running:
                 if not behind:
@@ -98,19 +98,6 @@ class Views:
                             behind.pop(where, None)
         finally:
             consumer.close()
-
-    @staticmethod
-    def _ends(consumer: Consumer, assigned: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        """(topic, partition) -> its end offset now, for the partitions that hold anything."""
-        ends = {}
-        for tp in assigned:
-            try:
-                _, high = consumer.get_watermark_offsets(tp, timeout=5)
-            except KafkaException:
-                continue  # unknown: the idle rule decides
-            if high > 0:
-                ends[(tp.topic, tp.partition)] = high
-        return ends
 
     def _partitions(self, consumer: Consumer, topics: Iterable[str]) -> Iterable[TopicPartition]:
         for topic in topics:
@@ -136,3 +123,17 @@ class Views:
             self.apply_asset(decode_asset(value))
         except (InvalidEvent, KeyError, ValueError, TypeError) as exc:
             log.warning("views: skipping a bad record on %s: %s", topic, exc)
+
+
+def partition_ends(consumer: Consumer, assigned: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> its end offset now, for the partitions that hold anything
+    (views and the live page: where a read-back is done)."""
+    ends = {}
+    for tp in assigned:
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5)
+        except KafkaException:
+            continue  # unknown: the caller's idle or time bound decides
+        if high > 0:
+            ends[(tp.topic, tp.partition)] = high
+    return ends

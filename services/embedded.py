@@ -259,7 +259,9 @@ class Supervisor:
         self.sink_thread.start()
 
     def _start_gateway(self) -> None:
-        self.app = create_app(self.settings, self.store)
+        broker = self.broker
+        self.app = create_app(self.settings, self.store,
+                              broker_bytes=broker.memory_bytes if broker else None)
         server = self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=self.settings.http_host,
             port=self.settings.http_port, log_level="warning", access_log=False,

@@ -31,6 +31,9 @@ RATES: dict[str, tuple[str, str, str | None]] = {
     "dead letters/s": ("sink", "sluice_dlq_messages_total", None),
     "agent events/s": ("agents", "sluice_agents_events_total", None),
 }
+# gauge name -> what the status table calls it (the gateway's last reading)
+GAUGES = {"sluice_embedded_broker_bytes": "embedded broker memory (MiB)",
+          "sluice_gateway_backpressure": "gateway refusing events (backpressure)"}
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Status:
     lag_errors: dict[str, str] = field(default_factory=dict)
     dlq_messages: int | None = None
     stalled: float | None = None  # agents partitions owned, with lag, not moving (streams.stalls)
+    gauges: dict[str, float] = field(default_factory=dict)  # GAUGES read from the gateway
     rates: dict[str, float | None] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +102,8 @@ def gather(settings: Settings, urls: dict[str, str], interval_s: float = 2.0,
     second = {role: scrape(url) for role, url in urls.items()}
     if first.get("sink") is None and second.get("sink") is None:  # sluice up: on the gateway's
         first["sink"], second["sink"] = first.get("gateway"), second.get("gateway")
+    gateway = totals(second.get("gateway"))
+    status.gauges = {name: gateway[name] for name in GAUGES if name in gateway}
     if second.get("agents") is not None:
         status.stalled = totals(second["agents"]).get("sluice_agents_stalled_partitions", 0.0)
     for name, (role, sample, kind) in RATES.items():
@@ -147,6 +153,11 @@ def render(status: Status) -> Group:
         stalled = int(status.stalled)
         rates.add_row("agents partitions stalled (healing)",
                       f"[red]{stalled}[/]" if stalled else "0")
+    for name, value in status.gauges.items():
+        if name == "sluice_embedded_broker_bytes":
+            rates.add_row(GAUGES[name], f"{value / 2**20:,.0f}")
+        else:
+            rates.add_row(GAUGES[name], "[red]yes[/]" if value else "no")
     roles = Table(title="Metrics endpoints")
     roles.add_column("role")
     roles.add_column("url")

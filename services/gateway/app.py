@@ -6,7 +6,7 @@ open it) and, on shutdown, flushes every queued event to the broker before exiti
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import Receive, Scope, Send
 
 from services.gateway import auth, errors
+from services.gateway.backpressure import Backpressure
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, posthog, retail, segment, userflux
 from services.gateway.hotpath import HotPath
@@ -71,10 +72,12 @@ class GatewayApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, store: Store | None = None, hot_path: bool = True) -> FastAPI:
+def create_app(settings: Settings, store: Store | None = None, hot_path: bool = True,
+               broker_bytes: Callable[[], int | None] | None = None) -> FastAPI:
     """``store``: a Store shared with the sink (embedded mode); else one is opened here
     only when ClickHouse is a server, since embedded chDB belongs to the sink's process.
-    ``hot_path`` False: every request through FastAPI's routing (tests compare the two)."""
+    ``hot_path`` False: every request through FastAPI's routing (tests compare the two).
+    ``broker_bytes``: the embedded broker's memory, for backpressure (``sluice up``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,12 +89,15 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
             views=Views(settings).start(),
             progress=GroupProgress(settings).start(),
             keys=auth.keyring_for(settings),
+            backpressure=Backpressure(settings, broker_bytes).start(),
         )
         app.state.gateway = gw
         try:
             yield
         finally:
             gw.views.stop()
+            if gw.backpressure is not None:
+                gw.backpressure.stop()
             await gw.user_states.close()
             app.state.live.stop()
             gw.progress.stop()

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from services.gateway.backpressure import Backpressure
 from services.gateway.errors import StoreUnavailable
 from services.gateway.group_commit import GroupCommit
 from services.gateway.keys import KeyRing
@@ -30,13 +31,14 @@ class Gateway:
     views: Views  # the asset catalog
     progress: GroupProgress
     keys: KeyRing | None = None  # None: open (no keys file, or SLUICE_AUTH=off)
+    backpressure: Backpressure | None = None  # None: never refuses for lag (tests)
     group_commit: GroupCommit = field(init=False)  # events go through it, in windows
     popularity: Popularities = field(init=False)
     user_states: UserStates = field(init=False)  # read from the agents that own them
     model_configs: ModelConfigs = field(init=False)
 
     def __post_init__(self) -> None:
-        self.group_commit = GroupCommit(self.publisher)
+        self.group_commit = GroupCommit(self.publisher, self.backpressure)
         self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
         self.user_states = UserStates(self.settings, self.publisher.partition_count)
         self.model_configs = ModelConfigs(self.settings)

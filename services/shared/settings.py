@@ -126,6 +126,23 @@ class Settings(BaseSettings):
         "local queue for the broker make /readyz answer 503 (a message is one partition's "
         "share of a request)."
     )
+    max_lag_events: int = Field(
+        2_000_000, ge=0, description="Backpressure: while a consumer group (sink, agents) is "
+        "more events than this behind, the gateway refuses events (503 + Retry-After; 429 in "
+        "PostHog's and Segment's dialects) until it has caught up to 80% of it. Estimated "
+        "from the group's lag in messages times the events per message this gateway "
+        "publishes. 0: off. 2M is a few minutes of the agents' throughput on 2 cores."
+    )
+    embedded_broker_max_mb: int = Field(
+        1024, ge=0, description="Backpressure for the embedded broker (`sluice up` without "
+        "SLUICE_KAFKA_BOOTSTRAP): Tansu keeps every event in memory, so the gateway refuses "
+        "events once the broker's resident memory reaches 90% of this (restart `sluice up` "
+        "to release it: the sink drains to ClickHouse and state is rebuilt). 0: off."
+    )
+    backpressure_check_s: float = Field(
+        1.0, gt=0, description="How often the gateway reads its consumers' lag and the "
+        "embedded broker's memory for backpressure."
+    )
     producer_linger_ms: float = Field(
         0.0, description="librdkafka's linger.ms for Sluice's producers. 0: the gateway's group "
         "commit already batches, and a closed loop of small requests is bound by ack latency "

@@ -53,12 +53,15 @@ def up_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
 
 
 @contextmanager
-def sluice_up(data_dir: Path, log: Path, ports: dict[str, int] | None = None) -> Iterator[Up]:
-    """`sluice up`, ready; on leaving, it must stop on SIGTERM with exit 0."""
+def sluice_up(data_dir: Path, log: Path, ports: dict[str, int] | None = None,
+              env: dict[str, str] | None = None) -> Iterator[Up]:
+    """`sluice up`, ready (``env``: more SLUICE_* settings); on leaving, it must stop on
+    SIGTERM with exit 0."""
     ports = ports or {name: free_port() for name in PORTS}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"],
-                                env=up_env(data_dir, ports), stdout=out, stderr=subprocess.STDOUT)
+                                env=up_env(data_dir, ports) | (env or {}), stdout=out,
+                                stderr=subprocess.STDOUT)
     up = Up(proc, ports, log)
     try:
         wait_for(lambda: ready(up.base) or proc.poll() is not None, timeout_s=120)

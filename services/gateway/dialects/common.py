@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
 from services.gateway.auth import BEARER, AuthError, authorize, check_bearer
+from services.gateway.backpressure import Backpressured
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.errors import PayloadTooLarge, StateUnavailable, UpdateTimeout
 from services.gateway.validate import MAX_LABELS, time_ordered_id
@@ -51,12 +52,14 @@ def unavailable(exc: Exception) -> str:
 
 
 def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
-                answer: Callable[[Request, Any], Response]) -> type[APIRoute]:
+                answer: Callable[[Request, Any], Response],
+                slow_down: int = 503) -> type[APIRoute]:
     """A route class whose every failure answers in the dialect's error shape, never
     FastAPI's: the exceptions in ``own`` (the dialect's own, and any shared one it answers
     otherwise) by ``answer(request, exc)``; then, by ``shape``, a bad key (its 401/403),
-    a body too large (413), the broker unavailable (503 + Retry-After; nothing accepted)
-    and user state late (504: the events are durable, do not resend)."""
+    a body too large (413), the broker unavailable (503 + Retry-After; nothing accepted),
+    backpressure (``slow_down`` + Retry-After: 429 where the vendor's SDKs take that as
+    "slow down and retry") and user state late (504: the events are durable, do not resend)."""
 
     def failure(request: Request, exc: Exception) -> Response:
         """The dialect's answer to ``exc``; re-raises what it does not answer."""
@@ -66,6 +69,8 @@ def error_route(shape: ErrorShape, own: tuple[type[Exception], ...],
             return shape(exc.status, exc.message)
         if isinstance(exc, PayloadTooLarge):
             return shape(413, f"request body larger than {exc.limit} bytes")
+        if isinstance(exc, Backpressured):
+            return shape(slow_down, unavailable(exc), headers=retry_after(request))
         if isinstance(exc, BrokerUnavailable):
             return shape(503, unavailable(exc), headers=retry_after(request))
         if isinstance(exc, StateUnavailable):

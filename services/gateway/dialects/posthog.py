@@ -244,7 +244,7 @@ def _error(status: int, message: str, *, headers: dict[str, str] | None = None) 
 
 
 PostHogRoute = error_route(_error, (PostHogError,),
-                           lambda _, exc: _error(exc.status, exc.message))
+                           lambda _, exc: _error(exc.status, exc.message), slow_down=429)
 router = APIRouter(prefix=PREFIX, tags=["PostHog"], route_class=PostHogRoute)
 _OK = b'{"status":1}'
 

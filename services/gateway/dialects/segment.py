@@ -217,7 +217,8 @@ def _error(status: int, message: str, *, headers: dict[str, str] | None = None,
 
 
 SegmentRoute = error_route(_error, (SegmentError,),
-                           lambda _, exc: _error(exc.status, exc.message, code=exc.code))
+                           lambda _, exc: _error(exc.status, exc.message, code=exc.code),
+                           slow_down=429)
 router = APIRouter(prefix=PREFIX, tags=["Segment"], route_class=SegmentRoute)
 _OK = b'{"success":true}'
 

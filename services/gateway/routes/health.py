@@ -20,7 +20,8 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="This gateway can take events now: broker reachable, producer healthy, local "
-    "queue under its bound, ClickHouse reachable, and the asset catalog caught up",
+    "queue under its bound, consumers not too far behind (backpressure), ClickHouse "
+    "reachable, and the asset catalog caught up",
     responses={503: {"description": "Not ready; `checks` says which check failed and why"}},
 )
 async def readyz(gateway: GatewayDep) -> JSONResponse:
@@ -30,7 +31,9 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     views = caught_up.is_set() or await asyncio.to_thread(caught_up.wait, 2.0)
     checks = {"broker": problem or "ok",
               "views": "caught up" if views else "catching up with the asset catalog"}
-    ready = problem is None and views
+    refused = gateway.backpressure.reason if gateway.backpressure is not None else None
+    checks["backpressure"] = f"refusing events: {refused}" if refused else "ok"
+    ready = problem is None and views and refused is None
     if gateway.store is None:
         checks["clickhouse"] = "not used by this process (embedded, owned by the sink)"
     else:

@@ -31,6 +31,7 @@ from bench import (
     scaling,
     sink,
     small,
+    soak,
     tls,
     user_reads,
 )
@@ -75,7 +76,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="single-event load the agents must keep up with (section 9)")
     ap.add_argument("--state-users", type=int, default=1_000_000,
                     help="users the agents hold in section 10 (10000000: the 10M run, ~long)")
-    ap.add_argument("--only", choices=["dialects", "small", "state", "scaling", "tls"],
+    ap.add_argument("--soak-minutes", type=float, default=10.0,
+                    help="how long section 13 holds sluice up under load (60: the README's hour)")
+    ap.add_argument("--soak-share", type=float, default=0.5,
+                    help="the share of its measured capacity the soak holds")
+    ap.add_argument("--only", choices=["dialects", "small", "state", "scaling", "tls", "soak"],
                     help="run one section alone (results in bench/out/<section>.json)")
     args = ap.parse_args(argv)
     if args.only == "dialects":
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return scaling.run_alone()
     if args.only == "tls":
         return tls.run_alone(args.seconds, args.agents_events)
+    if args.only == "soak":
+        return soak.run_alone(args.soak_minutes, args.soak_share)
     started = time.perf_counter()
     cpu_before = cpu_seconds_by_pid()
     tansu_peaks: dict[str, float] = {}
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scaled = scaling.run(boot, work)
         log.log("12. TLS: the gateway and one agents worker, plaintext then through TLS")
         tls_costs = tls.run(work, args.seconds, args.agents_events)
+        log.log(f"13. soak: sluice up at {args.soak_share:.0%} of its capacity for "
+                f"{args.soak_minutes} min")
+        soaked = soak.run(work, args.soak_minutes, args.soak_share)
         mix, worst = agent_runs[agents.MIX_USERS], agent_runs[agents.WORST_USERS]
     r["total_s"] = time.perf_counter() - started
     r["foreign_cpu_s"] = foreign_cpu_s(cpu_before)
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["state"] = state
     r["scaling"] = scaled
     r["tls"] = tls_costs
+    r["soak"] = soaked
     r["peak_rss_mib"] = {"gateway": gw_peak, "tansu": tansu_peaks,
                          "bench_sink": sunk.bench_peak_rss_mib,
                          "bench_sink_note": "bench process (sink thread + its Store) incl. chDB",
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wide_console().print(user_reads.state_table(state))
     wide_console().print(scaling.scaling_table(scaled))
     wide_console().print(tls.tls_table(tls_costs))
+    wide_console().print(soak.soak_table(soaked))
     if full.sample_failure:
         log.print(f"[red]non-200 responses seen[/]: {full.sample_failure}")
     OUT.mkdir(parents=True, exist_ok=True)

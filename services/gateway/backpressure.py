@@ -27,24 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
-from prometheus_client import Gauge
 
 from services.shared.lag import group_lag, offsets_reader
+from services.shared.metrics import BACKPRESSURE, BROKER_BYTES, LAG_EVENTS
 from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BACKPRESSURE = Gauge(
-    "sluice_gateway_backpressure", "1 while this gateway refuses events because a consumer "
-    "group is too far behind (SLUICE_MAX_LAG_EVENTS) or the embedded broker's memory is near "
-    "SLUICE_EMBEDDED_BROKER_MAX_MB; 0 otherwise.", multiprocess_mode="max")
-LAG_EVENTS = Gauge(
-    "sluice_gateway_lag_events", "The furthest-behind consumer group's lag in events, as this "
-    "gateway estimates it for backpressure.", multiprocess_mode="max")
-BROKER_BYTES = Gauge(
-    "sluice_embedded_broker_bytes", "Resident memory of the embedded broker (Tansu keeps "
-    "every event in memory), read every SLUICE_BACKPRESSURE_CHECK_S.", multiprocess_mode="max")
 
 RELEASE_AT = 0.8  # of a bound: refusing stops once the lag is back under it
 BROKER_SHARE = 0.9  # of SLUICE_EMBEDDED_BROKER_MAX_MB: refusing starts there

@@ -60,6 +60,16 @@ REQUESTS_REJECTED = Counter(
 PUBLISH_SECONDS = Histogram(
     "sluice_publish_seconds", "Per request: from its events being checked to the broker's "
     "ack of every one (acks=all).", buckets=LATENCY_BUCKETS)
+BACKPRESSURE = Gauge(
+    "sluice_gateway_backpressure", "1 while this gateway refuses events because a consumer "
+    "group is too far behind (SLUICE_MAX_LAG_EVENTS) or the embedded broker's memory is near "
+    "SLUICE_EMBEDDED_BROKER_MAX_MB; 0 otherwise.", multiprocess_mode="max")
+LAG_EVENTS = Gauge(
+    "sluice_gateway_lag_events", "The furthest-behind consumer group's lag in events, as this "
+    "gateway estimates it for backpressure.", multiprocess_mode="max")
+BROKER_BYTES = Gauge(
+    "sluice_embedded_broker_bytes", "Resident memory of the embedded broker (Tansu keeps "
+    "every event in memory), read every SLUICE_BACKPRESSURE_CHECK_S.", multiprocess_mode="max")
 PRODUCER_QUEUE = Gauge(
     "sluice_producer_queue_messages", "Messages waiting in the gateway producers' local "
     "queues for the broker (sampled every 50 ms; summed over workers).",

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--state-users", type=int, default=1_000_000,
                     help="users the agents hold in section 10 (10000000: the 10M run, ~long)")
     ap.add_argument("--soak-minutes", type=float, default=10.0,
-                    help="how long section 13 holds sluice up under load (60: the README's hour)")
+                    help="how long section 13 holds sluice up under load (60: the hour in docs/benchmarks.md)")
     ap.add_argument("--soak-share", type=float, default=0.5,
                     help="the share of its measured capacity the soak holds")
     ap.add_argument("--only", choices=["dialects", "small", "state", "scaling", "tls", "soak"],

@@ -24,6 +24,8 @@ from services.shared.ranking import Catalog
 from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+_NO_ASSETS = Catalog()  # never upserted: the follower makes each program a catalog of its own
+
 
 class Views:
     def __init__(self, settings: Settings) -> None:
@@ -66,7 +68,10 @@ class Views:
         return None if record is None or record["deleted"] else record
 
     def catalog(self, program_id: str) -> Catalog:
-        return self.catalogs.get(program_id) or Catalog()
+        """The program's catalog; one shared empty one for a program without assets (most
+        SDK traffic: a Catalog built per request was ~2% of a single-event request)."""
+        catalog = self.catalogs.get(program_id)
+        return _NO_ASSETS if catalog is None else catalog
 
     # -- the follower thread ------------------------------------------------------------
     def _follow(self) -> None:

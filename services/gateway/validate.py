@@ -196,20 +196,26 @@ _TEXT_POSITIONS = [i + (i >= 8) + (i >= 12) + (i >= 16) + (i >= 20) for i in ran
 class _RandomBytes:
     """os.urandom's bytes, drawn 64 KiB at a time: each draw is a system call, measured
     (py-spy) at a sixth of a single-event request's time here. Ids need uniqueness, which
-    urandom's bytes give however they are sliced; a forked child draws its own."""
+    urandom's bytes give however they are sliced; a forked child (uvicorn's workers) drops
+    what it inherited and draws its own (at fork: an os.getpid() per take was a system
+    call per id)."""
 
     CHUNK = 65536
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pid = -1
         self._buf = b""
         self._pos = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buf, self._pos = b"", 0
 
     def take(self, n: int) -> bytes:
         with self._lock:
-            if self._pid != os.getpid() or self._pos + n > len(self._buf):
-                self._pid, self._buf, self._pos = os.getpid(), os.urandom(max(self.CHUNK, n)), 0
+            if self._pos + n > len(self._buf):
+                self._buf, self._pos = os.urandom(max(self.CHUNK, n)), 0
             out = self._buf[self._pos:self._pos + n]
             self._pos += n
             return out

@@ -140,3 +140,21 @@ def test_client_event_uuid_is_uuid5_of_the_namespace(name: str) -> None:
     from services.gateway.ingest import CLIENT_ID_NAMESPACE, client_event_uuid
 
     assert client_event_uuid(name) == str(uuid.uuid5(CLIENT_ID_NAMESPACE, name))
+
+
+def test_a_forked_child_draws_random_bytes_of_its_own() -> None:
+    """uvicorn's workers are forked after the pool was filled: their ids must differ."""
+    import os
+
+    from services.gateway.validate import _RANDOM
+
+    _RANDOM.take(16)  # the parent's pool is filled before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, to the parent, then out without cleanup
+        os.write(write, _RANDOM.take(16))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and child != _RANDOM.take(16)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 
-from services import letter_commands
+from services import letter_commands, verify_commands
 from services.key_commands import keys_app
 from services.shared.settings import Settings
+from services.user_commands import users_app
 
 app = typer.Typer(help="Sluice: streaming ingestion of user events.", no_args_is_help=True)
 
@@ -225,7 +226,9 @@ def status(
 # the operators' command groups, each in a module of its own
 app.command()(letter_commands.dlq)
 app.command()(letter_commands.replay)
+app.command()(verify_commands.verify)
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ from confluent_kafka import KafkaException
 from fastapi import FastAPI
 from rich.console import Console
 
+from services import verify_commands
 from services.gateway.app import create_app
 from services.shared import kafka_security
 from services.shared.broker import EmbeddedBroker
@@ -197,6 +198,8 @@ class Supervisor:
         ensure_topics(settings)
         if self.store is None:
             self.store = Store(settings)
+            # verify on its own store (chDB admits no other process): sluice_verify_* on /metrics
+            verify_commands.Periodic(settings, self.store).start()
         # The broker starts empty: bring back what ClickHouse holds before going live.
         rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
         if (rebuilt.events or rebuilt.assets) and console.quiet:

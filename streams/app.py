@@ -29,6 +29,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from services.shared.erasures import is_erasure
 from services.shared.events import KEY_SEPARATOR
 from services.shared.gc_tuning import release_free_heap
 from services.shared.kafka_security import REFUSED, faust_credentials
@@ -51,7 +52,7 @@ from streams.rebalance import SourceOrder, keep_source_offsets_contiguous
 from streams.recovery import check_highwaters
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
-from streams.update import Dedup, apply_messages, chunks, events_in, split_by_user
+from streams.update import Dedup, apply_messages, chunks, erased, events_in, split_by_user
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def _observe(batch: list[Any], users: int) -> None:
     events = 0
     for event in batch:
         value = event.message.value or b""
+        if is_erasure(value):  # not an event
+            continue
         events += events_in(value)
         if (at := received_at(value)) is not None:
             STATE_FRESHNESS.observe(max(0.0, now - at))
@@ -114,12 +117,12 @@ class Changes:
 
     def __init__(self, run: list[Any]) -> None:
         self.run = run
-        self.records: list[tuple[bytes, bytes]] = []
+        self.records: list[tuple[bytes, bytes | None]] = []  # None: a tombstone
         self.partitions: list[int] = []
         self.new: list[bool] = []
         self.duplicates: dict[str, int] = {}  # per dialect: retried events left out
 
-    def add(self, partition: int, key: bytes, value: bytes, new: bool) -> None:
+    def add(self, partition: int, key: bytes, value: bytes | None, new: bool) -> None:
         self.records.append((key, value))
         self.partitions.append(partition)
         self.new.append(new)
@@ -244,7 +247,9 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             entries.sort(key=lambda entry: entry.offset)
             if apply_messages(record, entries, config_for, dedup=dedup,
                               duplicates=changes.duplicates):
-                changes.add(partition, key, record.encode(), new=current is None)
+                # an erased user with nothing after the erasure: a tombstone (streams.update)
+                value = None if erased(record, entries) else record.encode()
+                changes.add(partition, key, value, new=current is None and value is not None)
         return changes
 
     async def publish(changes: Changes) -> list[tuple[int, int]]:

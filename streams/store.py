@@ -172,19 +172,27 @@ class LocalStates:
             return value
         return self.store.get(key)  # type: ignore[no-any-return]
 
-    def commit(self, written: Sequence[tuple[int, bytes, bytes, bool]],
+    def commit(self, written: Sequence[tuple[int, bytes, bytes | None, bool]],
                positions: Sequence[tuple[int, int]]) -> None:
-        """``written``: (partition, key, value, whether the user is new) as published;
+        """``written``: (partition, key, value, whether the user is new) as published, a
+        value None being a tombstone (an erased user: the key leaves the store);
         ``positions``: where the changelog put each, (partition, offset), in that order."""
         if not self.on_disk:
             for _, key, value, _ in written:
-                self.store[key] = value
+                if value is None:
+                    self.store.pop(key, None)
+                else:
+                    self.store[key] = value
             return
         batches: dict[int, Any] = defaultdict(self._write_batch)
         last: dict[int, int] = {}
         added: dict[int, int] = defaultdict(int)
         for (_, key, value, new), (partition, offset) in zip(written, positions, strict=True):
-            batches[partition].put(key, value)
+            if value is None:
+                added[partition] -= self._db(partition).get(key) is not None
+                batches[partition].delete(key)
+            else:
+                batches[partition].put(key, value)
             last[partition] = max(offset, last.get(partition, -1))
             added[partition] += new
         self._write(batches, last, added)
@@ -202,7 +210,7 @@ class LocalStates:
             partition, key = message.partition, message.key
             last[partition] = max(message.offset, last.get(partition, -1))
             known = key in fresh[partition] or self._db(partition).get(key) is not None
-            if message.value is None:  # a tombstone (Sluice writes none)
+            if message.value is None:  # a tombstone: an erased user (streams.update)
                 batches[partition].delete(key)
                 added[partition] -= known
                 fresh[partition].discard(key)

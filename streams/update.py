@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from services.shared.erasures import decode as decode_erasure
+from services.shared.erasures import is_erasure
 from services.shared.events import InvalidEvent, lines, message_key
 from services.shared.ranking import ModelConfig
 from services.shared.users import UserRecord
@@ -97,6 +99,7 @@ class UserEvents:
     partition: int
     offset: int
     actions: list[Action] = field(default_factory=list)
+    erase: bool = False  # an erasure of the user (services.shared.erasures): no actions
 
 
 def split_by_user(messages: Iterable[SourceMessage]) -> dict[bytes, list[UserEvents]]:
@@ -105,9 +108,20 @@ def split_by_user(messages: Iterable[SourceMessage]) -> dict[bytes, list[UserEve
 
     Lines are parsed, not re-checked field by field: the sink does that and dead-letters
     what is malformed; here a malformed message is skipped as a whole. Events with
-    ``process_user_actions=false`` are left out, so they change no state."""
+    ``process_user_actions=false`` are left out, so they change no state. An erasure
+    message is one entry of its user with ``erase`` set."""
     by_user: dict[bytes, list[UserEvents]] = {}
     for message in messages:
+        if is_erasure(message.value):
+            try:
+                erasure = decode_erasure(message.value)
+            except InvalidEvent as exc:
+                log.warning("skipping message %s/%s: %s (the sink dead-letters it)",
+                            message.partition, message.offset, exc)
+                continue
+            by_user.setdefault(erasure.key, []).append(
+                UserEvents(message.partition, message.offset, erase=True))
+            continue
         try:
             per_user: dict[bytes, list[Action]] = {}
             for e in map(orjson.loads, lines(message.value)):
@@ -129,6 +143,23 @@ def split_by_user(messages: Iterable[SourceMessage]) -> dict[bytes, list[UserEve
     return by_user
 
 
+def erase(record: UserRecord) -> None:
+    """Everything the record knows of the user back to a new user's: weights, recent
+    assets, sessions, counts and the client ids remembered for dedup (whatever fields the
+    record grows, every one but the user's own key)."""
+    fresh = UserRecord(record.program_id, record.user_id)
+    for f in fields(UserRecord):
+        setattr(record, f.name, getattr(fresh, f.name))
+
+
+def erased(record: UserRecord, entries: Iterable[UserEvents]) -> bool:
+    """Whether the record, after ``entries`` were applied, stands at an erasure with nothing
+    after it: its changelog value is a tombstone and it leaves the store (an event after
+    the erasure makes it a new user's record instead)."""
+    return any(e.erase and (e.partition, e.offset) == (record.partition, record.offset)
+               for e in entries)
+
+
 def apply_messages(
     record: UserRecord,
     entries: Iterable[UserEvents],
@@ -146,6 +177,11 @@ def apply_messages(
     for entry in entries:
         if record.applied(entry.partition, entry.offset):
             continue  # a replay after a crash or a rebalance: already counted
+        if entry.erase:  # forget all of it; what follows is a new user's
+            erase(record)
+            record.partition, record.offset = entry.partition, entry.offset
+            latest, changed = 0, True
+            continue
         for (ts, program_id, event_type, labels, asset_labels, asset_id, session, key, received,
              source) in entry.actions:
             if key is not None:

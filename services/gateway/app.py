@@ -26,6 +26,7 @@ from services.gateway.observe import RequestMetrics
 from services.gateway.progress import GroupProgress
 from services.gateway.routes import (
     assets,
+    erasure,
     events,
     health,
     metrics,
@@ -102,6 +103,7 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
             app.state.live.stop()
             gw.progress.stop()
             await gw.group_commit.drain()
+            await gw.tallies.close()  # the last tallies, before the producer closes
             gw.publisher.close()
             if own_store and gw.store is not None:
                 gw.store.close()
@@ -119,6 +121,7 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
     app.include_router(events.router)
     app.include_router(assets.router)
     app.include_router(users.router)
+    app.include_router(erasure.router)
     app.include_router(receipts.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

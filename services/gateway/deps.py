@@ -19,6 +19,7 @@ from services.shared.clickhouse import Store
 from services.shared.publish import Publisher
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
+from services.shared.tallies import GatewayTallies
 
 
 @dataclass
@@ -36,12 +37,15 @@ class Gateway:
     popularity: Popularities = field(init=False)
     user_states: UserStates = field(init=False)  # read from the agents that own them
     model_configs: ModelConfigs = field(init=False)
+    tallies: GatewayTallies = field(init=False)  # what it published, for `sluice verify`
 
     def __post_init__(self) -> None:
         self.group_commit = GroupCommit(self.publisher, self.backpressure)
         self.popularity = Popularities(self.store, self.settings.popularity_ttl_s)
         self.user_states = UserStates(self.settings, self.publisher.partition_count)
         self.model_configs = ModelConfigs(self.settings)
+        self.tallies = GatewayTallies(  # `sluice up`: into its chDB (see GatewayTallies)
+            self.publisher, self.store if self.settings.clickhouse_is_embedded else None)
 
 
 async def _gateway(request: Request) -> Gateway:

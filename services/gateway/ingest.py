@@ -71,9 +71,10 @@ async def ingest(
     owns are the same for the whole request, encoded once and appended to each line; each
     user's partition is hashed once per request."""
     began = perf_counter()
+    received_at = datetime.now(UTC)
     tail = b"," + orjson.dumps({
         "program_id": program_id,
-        "received_at": datetime.now(UTC),
+        "received_at": received_at,
         "queue_updates": queue_updates,
         "process_user_actions": process_user_actions,
         "source": source,
@@ -102,6 +103,7 @@ async def ingest(
             same.append(line)
     bundles = Bundles(lines_of, gateway.settings.message_max_bytes)
     positions = await gateway.group_commit.commit(bundles.chunks)
+    gateway.tallies.add(program_id, received_at, bundles.chunks, positions)  # `sluice verify`
     accepted(source, len(events), began)  # metrics: once per request
     level = wait or ("broker" if queue_updates else "user")
     if level == "user" and process_user_actions:

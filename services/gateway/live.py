@@ -23,6 +23,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.gateway.views import partition_ends
+from services.shared.erasures import forget_user, is_erasure
 from services.shared.kafka import client_config
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.settings import Settings
@@ -134,6 +135,9 @@ class Live:
     def _add(self, topic: str | None, message: Any) -> None:
         value: bytes = message.value() or b""
         if topic == self.settings.topic_events:
+            if is_erasure(value):  # not an event: the user's events leave the page
+                self.events, self.dead = forget_user(self.events, self.dead, value)
+                return
             for line in value.split(b"\n")[-KEEP_EVENTS:]:
                 try:
                     event = orjson.loads(line)

@@ -167,6 +167,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         settings.topic_assets: (settings.events_partitions, compacted),
         # Faust would create it too; created here so gateways can follow it from the start.
         settings.topic_user_state: (settings.events_partitions, compacted),
+        # the gateways' tallies for `sluice verify` (services.shared.tallies): the sink copies
+        # them into ClickHouse within seconds, so the default retention; never compacted
+        settings.topic_tallies: (1, {}),
     }
     deadline = time.monotonic() + timeout_s
     while True:

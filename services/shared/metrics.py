@@ -114,6 +114,20 @@ STALL_HEALS = Counter(
 
 # --- sink and agents: sluice_consumer_lag{group,topic,partition}, see services.shared.lag
 
+# --- verify (services/verify_commands.py): the last run's result. In no registry here: `sluice
+# up` registers them on its /metrics (it runs verify itself), `sluice verify --push/--textfile`
+# in a registry of its own (a CronJob's process is gone before any scrape).
+VERIFY_GAP_EVENTS = Gauge(
+    "sluice_verify_gap_events", "The last `sluice verify`: events acked by the broker but, by "
+    "kind, missing (neither in ClickHouse nor dead-lettered) or not applied by the agents.",
+    ["kind"], registry=None)
+VERIFY_ACKED_EVENTS = Gauge(
+    "sluice_verify_acked_events", "The last `sluice verify`: events acked in its window.",
+    registry=None)
+VERIFY_LAST_RUN = Gauge(
+    "sluice_verify_last_run_timestamp_seconds", "When `sluice verify` last ran to the end "
+    "(Unix time).", registry=None)
+
 
 def multiprocess() -> bool:
     return "PROMETHEUS_MULTIPROC_DIR" in os.environ

@@ -70,6 +70,8 @@ LEDGER_REPLICA_ARGS = "'/clickhouse/tables/{uuid}/all', '{shard}-{replica}'"
 SHARDING_KEYS = {
     "events": "cityHash64(program_id, user_id)",
     "assets": "cityHash64(program_id, asset_id)",
+    "event_tallies": "cityHash64(minute, program_id)",
+    "erasures": "cityHash64(program_id, user_digest)",
 }
 
 _CREATE = re.compile(

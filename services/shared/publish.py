@@ -88,7 +88,7 @@ class Publisher:
 
     async def publish(
         self,
-        messages: Sequence[tuple[bytes | None, bytes]],
+        messages: Sequence[tuple[bytes | None, bytes | None]],  # value None: a tombstone
         topic: str | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         partitions: Sequence[int] | None = None,

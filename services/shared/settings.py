@@ -195,6 +195,20 @@ class Settings(BaseSettings):
         "(0: not at all). In `sluice up` the sink's metrics are on the gateway's /metrics."
     )
 
+    # --- Verify (services/verify.py) -----------------------------------------------------
+    tally_flush_s: float = Field(
+        5.0, gt=0, description="How often a gateway publishes its tallies (events acked per "
+        "program, minute and partition) to the topic `<events>.tallies`, for `sluice verify`."
+    )
+    verify_interval_s: float = Field(
+        300.0, ge=0, description="`sluice up` runs `sluice verify` on itself this often (its "
+        "embedded ClickHouse is one process's) and exports the result on /metrics. 0: never."
+    )
+    verify_settle_s: float = Field(
+        120.0, ge=0, description="`sluice verify` leaves out the newest this many seconds by "
+        "default: events still on their way to ClickHouse and the agents are not a gap."
+    )
+
     # --- Stream agents and user state ---------------------------------------------------
     agents_app_id: str = Field("sluice-agents", description="Faust app id = consumer group.")
     agents_web_port: int = Field(
@@ -333,6 +347,11 @@ class Settings(BaseSettings):
     def topic_user_state(self) -> str:
         """The Faust table's changelog: compacted, one record per user, followed by gateways."""
         return f"{self.agents_app_id}-user-state-changelog"
+
+    @property
+    def topic_tallies(self) -> str:
+        """The gateways' tallies of what they published (services.shared.tallies)."""
+        return f"{self.topic_events}.tallies"
 
     @property
     def agents_advertised_url(self) -> str:

@@ -34,7 +34,10 @@ from services.shared.kafka import consumer_config
 from services.shared.lag import LAG
 from services.shared.metrics import DLQ_MESSAGES, SINK_BATCH_ROWS, SINK_INSERT_SECONDS, SINK_ROWS
 from services.shared.settings import Settings
+from services.shared.tallies import TABLE as TALLIES_TABLE
+from services.shared.tallies import BatchTallies
 from services.sink.dlq import DeadLetters
+from services.sink.erase import Erasures, segments
 from services.sink.write import RowWriter
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,14 @@ class Sink:
             | {"max.poll.interval.ms": 600_000, "on_commit": self._committed}
         )
         self.dead_letters = DeadLetters(settings)
+        self.erasures = Erasures(settings, store)  # user erasures (services.sink.erase)
         self.writers = {
             settings.topic_events: RowWriter(store, "events", settings.sink_retry_max_backoff_s),
             settings.topic_assets: RowWriter(store, "assets", settings.sink_retry_max_backoff_s),
+            # the gateways' tallies, and the sink's own of each batch (services.shared.tallies)
+            settings.topic_tallies: RowWriter(store, TALLIES_TABLE, settings.sink_retry_max_backoff_s),
         }
+        self._tallies: BatchTallies | None = None  # the events of the batch being written
         self.pending: list[Message] = []
         self.pending_rows = 0  # a message holds one or more rows (a request's bundle)
         self.rows_per_message = 1.0  # as in the last batch: how many messages make a batch
@@ -187,8 +194,13 @@ class Sink:
         rows = 0
         for topic, writer in self.writers.items():
             messages = [m for m in batch if m.topic() == topic]
-            if messages:
-                rows += self._write(topic, writer, messages)
+            # an erasure: the events before it are stored first, later ones after it
+            for part, erasures in (segments(messages) if topic == self.settings.topic_events
+                                   else [(messages, [])]):
+                if part:
+                    rows += self._write(topic, writer, part)
+                if erasures:
+                    self.erasures.apply(erasures, self._dead_letter)
         SINK_BATCH_ROWS.observe(rows)
         self.dead_letters.confirm()
         self._written.put(_next_offsets(batch))
@@ -199,10 +211,14 @@ class Sink:
         chunks: list[bytes] = []  # a whole message's rows, or one checked row
         origin: list[Message] = []
         is_events = topic == self.settings.topic_events
+        self._tallies = BatchTallies() if is_events else None
         for message in messages:
             value = message.value()
+            if self._tallies is not None:
+                self._tallies.message(message.partition() or 0, message.offset() or 0,
+                                      message.timestamp()[1], value or b"")
             try:
-                if not is_events:
+                if topic == self.settings.topic_assets:
                     decode_asset(value)
                 elif not value:
                     raise InvalidEvent("empty message (tombstone) on the events topic")
@@ -234,6 +250,9 @@ class Sink:
             SINK_ROWS.labels(writer.table).inc(written)
         if is_events:
             self.rows_written += written
+        if self._tallies is not None and self._tallies.tallies:  # before the commit: verify
+            self.writers[self.settings.topic_tallies].write([self._tallies.rows()], _unstored)
+        self._tallies = None
         return written
 
     def _dead_letter(self, message: Message, reason: str, category: str,
@@ -241,6 +260,10 @@ class Sink:
         """To the DLQ with the free-text reason; the metric gets the bounded category."""
         self.dead_letters.send(message, reason, category, value=value)
         DLQ_MESSAGES.labels(category).inc()
+        if self._tallies is not None and message.topic() == self.settings.topic_events:
+            rows = (message.value() or b"") if value is None else value
+            self._tallies.refused(message.partition() or 0, message.offset() or 0,
+                                  rows.split(b"\n"))
 
     def _commit_written(self, wait: bool = False) -> None:
         """Commit what the writer has stored (on this thread: librdkafka's commit waits on
@@ -262,6 +285,10 @@ class Sink:
         except KafkaException as exc:
             # Lost the partitions meanwhile: their new owner replays; the table dedupes.
             log.warning("commit failed, batch will be replayed by the partitions' owner: %s", exc)
+
+
+def _unstored(_index: int, row: bytes, reason: str) -> None:
+    log.error("a tally row was refused (verify will under-count it): %s: %r", reason, row[:200])
 
 
 def _next_offsets(batch: list[Message]) -> list[TopicPartition]:

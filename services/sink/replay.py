@@ -50,6 +50,7 @@ from services.shared.events import InvalidEvent, decode, lines, message_key
 from services.shared.kafka import client_config, produce_waiting, producer_config
 from services.shared.settings import Settings
 from services.sink.dlq import REPLAY_HEADER, REPLAY_OF
+from services.sink.erased_letters import erased_topic, erased_users, is_erased
 from services.sink.letters import (
     BrokerError,
     DeadLetter,
@@ -126,11 +127,14 @@ class Plan:
     already: int = 0  # marked: an earlier replay did them
     tried: int = 0  # replay_of letters, left out without retry_refused
     other: int = 0  # letters of another topic (assets)
+    erased: int = 0  # lines of users erased since (services.sink.erased_letters)
 
 
 def plan(letters: Iterable[DeadLetter], done: dict[str, int | None], wanted: Filter,
-         events_topic: str, retry_refused: bool = False) -> Plan:
-    """What a replay would do, letter by letter; pure."""
+         events_topic: str, retry_refused: bool = False,
+         erased: Callable[[DeadLetter], bool] = lambda _: False) -> Plan:
+    """What a replay would do, letter by letter; pure. ``erased``: whether a letter holds
+    a line of a user erased after it (never replayed)."""
     out = Plan()
     for letter in sorted(letters, key=lambda x: (x.partition, x.offset)):
         source = letter.header("source_topic")
@@ -138,6 +142,8 @@ def plan(letters: Iterable[DeadLetter], done: dict[str, int | None], wanted: Fil
             out.filtered += 1
         elif is_done(letter, done):
             out.already += 1
+        elif erased(letter):
+            out.erased += 1
         elif letter.replay_of and not retry_refused:
             out.tried += 1
         elif source and source != events_topic:
@@ -168,8 +174,9 @@ class Outcome:
 
 def load_plan(settings: Settings, wanted: Filter, retry_refused: bool = False) -> Plan:
     done = done_markers(read_all(settings, marker_topic(settings)))
+    erased = erased_users(read_all(settings, erased_topic(settings)))
     return plan(read_all(settings, settings.topic_dlq), done, wanted, settings.topic_events,
-                retry_refused)
+                retry_refused, lambda letter: is_erased(letter, erased))
 
 
 def replay(settings: Settings, wanted: Filter, retry_refused: bool = False,
@@ -276,4 +283,5 @@ def plan_table(steps: list[Step]) -> Table:
 
 def left_out(p: Plan) -> str:
     return (f"left out: {p.already} already replayed, {p.tried} refused at an earlier replay "
-            f"(--retry-refused), {p.filtered} not matching the filters, {p.other} of other topics")
+            f"(--retry-refused), {p.filtered} not matching the filters, {p.other} of other topics, "
+            f"{p.erased} of users erased since")

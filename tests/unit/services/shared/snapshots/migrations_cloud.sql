@@ -59,3 +59,36 @@ ALTER TABLE events ADD COLUMN IF NOT EXISTS update_session Bool DEFAULT false;
 
 -- 0006_events_client_timestamp (sha256 d710d2f9a739)
 ALTER TABLE events ADD COLUMN IF NOT EXISTS client_timestamp Nullable(DateTime64(6, 'UTC')) AFTER event_timestamp;
+
+-- 0007_event_tallies (sha256 09377cb2aa29)
+CREATE TABLE IF NOT EXISTS event_tallies
+(
+    program_id   String,
+    minute       DateTime('UTC'),
+    kind         LowCardinality(String),
+    partition    UInt32,
+    id           String,
+    events       UInt64,
+    dead         UInt64,
+    first_offset Int64,
+    last_offset  Int64,
+    written_at   DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(written_at)
+PARTITION BY toYYYYMM(minute)
+ORDER BY (minute, program_id, kind, partition, id);
+
+-- 0008_erasures (sha256 bfdb8fa0ec4f)
+CREATE TABLE IF NOT EXISTS erasures
+(
+    program_id       String,
+    user_digest      String,
+    erasure_id       String,
+    requested_at     DateTime64(6, 'UTC'),
+    erased_at        DateTime64(6, 'UTC'),
+    source_partition UInt32,
+    source_offset    Int64,
+    rows_deleted     UInt64
+)
+ENGINE = ReplacingMergeTree(erased_at)
+ORDER BY (program_id, user_digest, erasure_id);

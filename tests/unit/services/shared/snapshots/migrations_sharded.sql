@@ -73,3 +73,40 @@ ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS update_session B
 -- 0006_events_client_timestamp (sha256 d710d2f9a739)
 ALTER TABLE events_local ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS client_timestamp Nullable(DateTime64(6, 'UTC')) AFTER event_timestamp;
 ALTER TABLE events ON CLUSTER 'sluice' ADD COLUMN IF NOT EXISTS client_timestamp Nullable(DateTime64(6, 'UTC')) AFTER event_timestamp;
+
+-- 0007_event_tallies (sha256 09377cb2aa29)
+CREATE TABLE IF NOT EXISTS event_tallies_local ON CLUSTER 'sluice'
+(
+    program_id   String,
+    minute       DateTime('UTC'),
+    kind         LowCardinality(String),
+    partition    UInt32,
+    id           String,
+    events       UInt64,
+    dead         UInt64,
+    first_offset Int64,
+    last_offset  Int64,
+    written_at   DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}', written_at)
+PARTITION BY toYYYYMM(minute)
+ORDER BY (minute, program_id, kind, partition, id);
+CREATE TABLE IF NOT EXISTS event_tallies ON CLUSTER 'sluice' AS event_tallies_local
+ENGINE = Distributed('sluice', currentDatabase(), 'event_tallies_local', cityHash64(minute, program_id));
+
+-- 0008_erasures (sha256 bfdb8fa0ec4f)
+CREATE TABLE IF NOT EXISTS erasures_local ON CLUSTER 'sluice'
+(
+    program_id       String,
+    user_digest      String,
+    erasure_id       String,
+    requested_at     DateTime64(6, 'UTC'),
+    erased_at        DateTime64(6, 'UTC'),
+    source_partition UInt32,
+    source_offset    Int64,
+    rows_deleted     UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}', erased_at)
+ORDER BY (program_id, user_digest, erasure_id);
+CREATE TABLE IF NOT EXISTS erasures ON CLUSTER 'sluice' AS erasures_local
+ENGINE = Distributed('sluice', currentDatabase(), 'erasures_local', cityHash64(program_id, user_digest));

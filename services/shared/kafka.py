@@ -201,6 +201,28 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
                 raise
 
 
+def ensure_compacted_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> None:
+    """A one-partition compacted topic, created if missing: markers whose newest record per
+    key is all that counts (replayed dead letters, erased users). Raises KafkaException."""
+    admin = AdminClient(client_config(settings))  # type: ignore[arg-type]
+    if topic in admin.list_topics(timeout=timeout_s).topics:
+        return
+    new = NewTopic(topic, num_partitions=1, replication_factor=settings.replication_factor,
+                   config={"cleanup.policy": "compact"})
+    for future in admin.create_topics([new], operation_timeout=timeout_s).values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    deadline = time.monotonic() + timeout_s
+    while topic not in admin.list_topics(timeout=timeout_s).topics:  # metadata catches up
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                            f"{topic} not visible after its creation"))
+        time.sleep(0.1)
+
+
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None,
                     headers: list[tuple[str, str | bytes | None]] | None = None,
                     partition: int = -1, on_delivery: Callable[..., None] | None = None) -> None:

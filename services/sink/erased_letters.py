@@ -24,11 +24,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.shared.erasures import Erasure, user_digest
 from services.shared.events import KEY_SEPARATOR
-from services.shared.kafka import client_config, producer_config
+from services.shared.kafka import ensure_compacted_topic, producer_config
 from services.shared.settings import Settings
 from services.sink.letters import DeadLetter
 
@@ -119,15 +118,4 @@ class Markers:
                                             failed[0] if failed else f"{left} not acked"))
 
     def _ensure_topic(self, timeout_s: float) -> None:
-        admin = AdminClient(client_config(self.settings))  # type: ignore[arg-type]
-        if self.topic in admin.list_topics(timeout=timeout_s).topics:
-            return
-        new = NewTopic(self.topic, num_partitions=1,
-                       replication_factor=self.settings.replication_factor,
-                       config={"cleanup.policy": "compact"})
-        for future in admin.create_topics([new], operation_timeout=timeout_s).values():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+        ensure_compacted_topic(self.settings, self.topic, timeout_s)

@@ -34,20 +34,22 @@ agents count them again unless they carry a client event id: see docs/operating.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from services.shared.events import InvalidEvent, decode, lines, message_key
-from services.shared.kafka import client_config, produce_waiting, producer_config
+from services.shared.kafka import (
+    ensure_compacted_topic,
+    produce_waiting,
+    producer_config,
+)
 from services.shared.settings import Settings
 from services.sink.dlq import REPLAY_HEADER, REPLAY_OF
 from services.sink.erased_letters import erased_topic, erased_users, is_erased
@@ -244,27 +246,12 @@ def _replay_batch(settings: Settings, producer: Producer, chunk: list[Step], out
 
 def ensure_marker_topic(settings: Settings, timeout_s: float = 10.0) -> None:
     """The compacted marker topic, created if missing."""
-    admin = AdminClient(client_config(settings))  # type: ignore[arg-type]
     topic = marker_topic(settings)
     try:
-        if topic in admin.list_topics(timeout=timeout_s).topics:
-            return
-        new = NewTopic(topic, num_partitions=1, replication_factor=settings.replication_factor,
-                       config={"cleanup.policy": "compact"})
-        for future in admin.create_topics([new], operation_timeout=timeout_s).values():
-            try:
-                future.result()
-            except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+        ensure_compacted_topic(settings, topic, timeout_s)
     except KafkaException as exc:
         raise BrokerError(f"broker {settings.bootstrap}: cannot create {topic}: "
                           f"{kafka_reason(exc)}") from None
-    deadline = time.monotonic() + timeout_s
-    while topic not in admin.list_topics(timeout=timeout_s).topics:  # metadata catches up
-        if time.monotonic() > deadline:
-            raise BrokerError(f"broker {settings.bootstrap}: {topic} not visible after creation")
-        time.sleep(0.1)
 
 
 def plan_table(steps: list[Step]) -> Table:

@@ -95,13 +95,16 @@ class _Recorder:
     def partition_count(self) -> int:
         return int(_GATEWAY.settings.events_partitions)
 
+    def add(self, *_: object) -> None:
+        """The gateway's tallies for `sluice verify`: nothing to count here."""
+
     def catalog(self, _program_id: str) -> Catalog:
         return Catalog()  # no asset catalog in the bench: asset_labels stay empty
 
 
 _RECORDER = _Recorder()
 _GATEWAY: Any = SimpleNamespace(settings=Settings(), publisher=_RECORDER, views=_RECORDER,
-                                group_commit=_RECORDER)
+                                group_commit=_RECORDER, tallies=_RECORDER)
 
 
 def wire_batch(body: bytes, program_id: str = PROGRAM,

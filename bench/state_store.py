@@ -7,7 +7,11 @@ agents`` worker applies them all. Then: its RSS (now and peak) and the bytes und
 moment it applied a probe event produced right after it started ("serving"), with the
 changelog records it read to recover (its ``/stats``).
 
-    .venv/bin/python -m bench.state_store [--users 200000] [--events-per-user 5]
+    .venv/bin/python -m bench.state_store [--users 200000] [--events-per-user 5] [--client-ids]
+
+``--client-ids``: every event carries a client event id (ActionHub's ``event_id``), so each
+record keeps the ids it saw within SLUICE_DEDUP_WINDOW_S: run with and without to see what
+deduplicating retries costs per user.
 
 Prints one JSON object per store. No HTTP load: the events are produced directly.
 """
@@ -41,11 +45,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+CLIENT_IDS = False  # --client-ids: each event with its own client event id
+
+
 def body(first_user: int, users: int, per_user: int) -> bytes:
     events = [
         {"user_id": f"user-{u}", "event_timestamp": f"2026-11-{1 + (u + i) % 28:02d}T10:00:00Z",
          "event_type": TYPES[(u + i) % len(TYPES)], "asset_id": f"sku-{(u * 7 + i) % 50_000}",
          "labels": [LABELS[(u + i) % len(LABELS)], LABELS[(u * 3 + i) % len(LABELS)]]}
+        | ({"event_id": f"e-{u}-{i}"} if CLIENT_IDS else {})
         for i in range(per_user) for u in range(first_user, first_user + users)
     ]
     return orjson.dumps({"events": events})
@@ -112,7 +120,8 @@ def run(bootstrap: str, workdir: Path, store: str, users: int, per_user: int) ->
     ensure_topics(settings)
     t0 = time.perf_counter()
     messages = prefill(settings, users, per_user)
-    out: dict[str, object] = {"store": store, "users": users, "events": users * per_user,
+    out: dict[str, object] = {"store": store, "client_ids": CLIENT_IDS, "users": users,
+                              "events": users * per_user,
                               "messages": messages, "prefill_s": round(time.perf_counter() - t0, 1)}
     start = time.perf_counter()
     worker = AgentsProcess(settings, workdir)
@@ -137,7 +146,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--events-per-user", type=int, default=5)
     parser.add_argument("--stores", default="memory,rocksdb")
+    parser.add_argument("--client-ids", action="store_true",
+                        help="every event with a client event id (the dedup window's cost)")
     args = parser.parse_args()
+    global CLIENT_IDS
+    CLIENT_IDS = args.client_ids
     with tempfile.TemporaryDirectory(prefix="sluice-store-") as tmp:
         workdir = Path(tmp)
         broker = EmbeddedBroker(port=free_port(), log_path=workdir / "tansu.log").start()

@@ -83,14 +83,15 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_store = store is None and not settings.clickhouse_is_embedded
+        progress = GroupProgress(settings).start()
         gw = Gateway(
             settings=settings,
             publisher=Publisher(settings, queue_gauge=PRODUCER_QUEUE),
             store=Store(settings) if own_store else store,
             views=Views(settings).start(),
-            progress=GroupProgress(settings).start(),
+            progress=progress,
             keys=auth.keyring_for(settings),
-            backpressure=Backpressure(settings, broker_bytes).start(),
+            backpressure=Backpressure(settings, progress.readers(), broker_bytes).start(),
         )
         app.state.gateway = gw
         try:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException
 
-from services.shared.lag import group_lag, offsets_reader
+from services.shared.lag import group_lag
 from services.shared.metrics import BACKPRESSURE, BROKER_BYTES, LAG_EVENTS
 from services.shared.publish import BrokerUnavailable
 from services.shared.settings import Settings
@@ -71,15 +71,17 @@ class Backpressure:
     """The gateway's refusal state, kept current by a thread. ``reason`` is read on the hot
     path (one attribute); ``published(events, messages)`` is told by the group commit."""
 
-    def __init__(self, settings: Settings,
+    def __init__(self, settings: Settings, readers: Mapping[str, Callable[[], Consumer]],
                  broker_bytes: Callable[[], int | None] | None = None) -> None:
+        """``readers``: group -> its offsets reader (the gateway's GroupProgress makes them
+        for wait=stored and wait=user: the same groups, read by the same clients)."""
         self.settings = settings
+        self.readers = readers
         self.broker_bytes = broker_bytes
         self.reason: str | None = None
         self._events, self._messages = 0, 0  # published by this gateway (group commit)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._readers: dict[str, Consumer] = {}
 
     def published(self, events: int) -> None:
         """One message of ``events`` events produced (the events-per-message mean)."""
@@ -101,9 +103,6 @@ class Backpressure:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        for reader in self._readers.values():
-            reader.close()
-        self._readers.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.backpressure_check_s):
@@ -134,11 +133,8 @@ class Backpressure:
         lags: dict[str, int] = {}
         if s.max_lag_events:
             per_message = self.events_per_message
-            for group in (s.sink_group, s.agents_app_id):
-                reader = self._readers.get(group)
-                if reader is None:
-                    reader = self._readers[group] = offsets_reader(s, group)
-                rows = group_lag(reader, group, [s.topic_events])
+            for group, reader in self.readers.items():
+                rows = group_lag(reader(), group, [s.topic_events])
                 if any(r.committed >= 0 for r in rows):  # a group that runs
                     lags[group] = int(sum(r.lag for r in rows) * per_message)
         broker = self.broker_bytes() if self.broker_bytes is not None else None

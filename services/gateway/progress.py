@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -72,7 +73,7 @@ class GroupProgress:
 
     def committed(self, level: str, partitions: list[int], timeout_s: float = 5.0) -> dict[int, int]:
         """partition -> the group's committed offset (-1: none yet). Blocking."""
-        consumer = self._consumer(level)
+        consumer = self.reader(level)
         found = consumer.committed(
             [TopicPartition(self.topic, p) for p in partitions], timeout=timeout_s)
         return {tp.partition: tp.offset if tp.error is None else -1 for tp in found}
@@ -97,7 +98,13 @@ class GroupProgress:
             with self._lock:
                 self._waiters = [w for w in self._waiters if w[2] is not future]
 
-    def _consumer(self, level: str) -> Consumer:
+    def readers(self) -> dict[str, Callable[[], Consumer]]:
+        """group -> its offsets reader, for the gateway's backpressure."""
+        return {group: partial(self.reader, level) for level, group in self.groups.items()}
+
+    def reader(self, level: str) -> Consumer:
+        """The offsets reader of ``level``'s group (made once; backpressure reads its lag
+        through the same one)."""
         with self._lock:
             consumer = self._consumers.get(level)
             if consumer is None:  # never subscribes: it only reads the group's offsets

@@ -45,7 +45,7 @@ def test_broker_memory_refuses_at_90_percent_and_stays() -> None:
 
 
 def test_lag_is_counted_in_events_per_published_message() -> None:
-    bp = Backpressure(settings())
+    bp = Backpressure(settings(), {})
     assert bp.events_per_message == 1.0  # nothing published: never refuses on a guess
     bp.published(100)
     bp.published(300)

@@ -48,7 +48,7 @@ from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
-from streams.rebalance import SourceOrder, keep_source_offsets_contiguous
+from streams.rebalance import SourceOrder, keep_source_offsets_contiguous, not_done
 from streams.recovery import check_highwaters
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
@@ -202,7 +202,6 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
              "changelog_standby": 0}
     changelog = Publisher(settings)
     order = SourceOrder(app, patience=10 * settings.agents_batch_max)
-    app.on_partitions_assigned.connect(order.assigned)
     _count_changelog_reads(app, user_state, stats)
 
     @app.agent(events, name="update-users")
@@ -218,18 +217,28 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
             settings.agents_batch_max, within=settings.agents_batch_seconds
         ):
             # only what continues each partition without a hole (streams.rebalance)
-            batch, seeks = order.admit(batch)
+            fetched = batch
+            batch, seeks = order.admit(fetched)
             if seeks:
                 await order.seek_back(seeks)
             # applied in runs of at most agents_batch_events events (a worker's memory grows
             # with them); the batch is acked (so committed by Faust) once every run's state
             # is in the changelog and the store
-            runs = 0
-            for run in chunks(batch, settings.agents_batch_events,
-                              lambda event: event.message.value):
-                runs += 1
-                changes = apply_run(run)
-                store(changes, await publish(changes))
+            runs = applied = 0
+            try:
+                for run in chunks(batch, settings.agents_batch_events,
+                                  lambda event: event.message.value):
+                    runs += 1
+                    changes = apply_run(run)
+                    store(changes, await publish(changes))
+                    applied += len(run)
+            except BaseException:
+                # take_events acks the whole batch on its way out, cancelled (a SIGTERM
+                # during a publish) or failed: what was not applied must not be committed
+                unapplied = batch[applied:]
+                order.rewind(unapplied)
+                not_done(fetched, unapplied)
+                raise
             if runs > 1:  # a backlog's batch: what it parsed and built is free memory now
                 release_free_heap()
 

@@ -12,19 +12,26 @@ before this guard: 105 to 128 of 500 users short, or a partition whose committed
 never moved again (faust-streaming#216 describes the race for apps without tables).
 
 The events topic is not compacted and has no transaction markers, so a hole in its offsets
-is always such a jump. The guard keeps, per source partition, the offset the next record
-must have: the committed offset after each seek (Faust seeks every partition there at the
-end of every rebalance), then one past each record delivered. A fetch whose records of a
-partition start past that offset is not delivered, and the partition is sought back to it.
-Records before it (read again after a seek) go on: Faust drops what it delivered already,
-and the agent skips what a user's record says it applied. Changelog partitions (compacted,
-read by recovery) are not checked.
+is always such a jump. Two checks keep it out:
+
+- at the fetch (``_wait_next_records``), per source partition, the offset the next fetched
+  record must have: the committed offset after each seek, then one past each record
+  passed on. A fetch whose records of a partition start past it is not passed on, and the
+  partition is sought back there;
+- in the agent (:class:`SourceOrder`), before applying: the offset the next applied
+  message must have, from the rebalance's seek to the committed offset (its *baseline*),
+  then one past each message applied. A fetch-level seek back does not move it: messages
+  fetched before that seek and still queued for the agent continue the partition and are
+  applied (taking the seek's offset as the new start dropped them: 100 messages of one
+  partition lost in a CI run, all their users 20 events short).
+
+Changelog partitions (compacted, read by recovery) are not checked.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer  # the class the app's consumer is
@@ -33,14 +40,10 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 _TOPICS: set[str] = set()
-# called with (partition, offset) after every seek of a source partition: the offset its
-# next record must have (SourceOrder starts there)
-SEEK_LISTENERS: list[Callable[[int, int], None]] = []
-
-
-def _sought(tp: Any, offset: int) -> None:
-    for listener in SEEK_LISTENERS:
-        listener(tp.partition, offset)
+# called with (generation, partition, offset) after the seek of every source partition at
+# the end of a rebalance: where that generation starts reading it (None: wherever the
+# consumer is, nothing being committed and the log's start unknown)
+BASELINE_LISTENERS: list[Callable[[int, int, int | None], None]] = []
 
 
 def keep_source_offsets_contiguous(topic: str) -> None:
@@ -60,19 +63,37 @@ def keep_source_offsets_contiguous(topic: str) -> None:
         return expected
 
     async def _seek_to_committed(self: Consumer) -> Mapping[TP, int]:
+        generation = self.app.consumer_generation_id  # the assignment being sought
         committed = await seek_to_committed(self)
         expected = _next(self)
-        expected.clear()  # a partition with nothing committed: its first record sets it
+        expected.clear()
         for tp, offset in committed.items():
-            if tp.topic in _TOPICS and offset is not None and offset >= 0:
-                expected[tp] = offset
-                _sought(tp, offset)
+            if tp.topic not in _TOPICS:
+                continue
+            start = await _start(self, tp, offset)
+            if start is not None:
+                expected[tp] = start  # else: its first record sets it
+            for listener in BASELINE_LISTENERS:
+                listener(generation, tp.partition, start)
         return committed
+
+    async def _start(self: Consumer, tp: TP, committed: int | None) -> int | None:
+        """Where the partition starts: its committed offset; with none (or 0, which
+        aiokafka does not seek to) the consumer is sought to the log's start, so that a
+        record passed on before this seek is read again after it."""
+        if committed is not None and committed > 0:
+            return committed
+        try:
+            start = 0 if committed == 0 else (await self.earliest_offsets(tp))[tp]
+            await _seek(self, tp, start)
+        except Exception as exc:  # noqa: BLE001 - the consumer's position stands
+            log.info("agents: %s not sought to its start (%r)", tp, exc)
+            return None
+        return start
 
     async def _seek(self: Consumer, partition: TP, offset: int) -> None:
         if partition.topic in _TOPICS:  # first: a record at it may come right after the seek
             _next(self)[partition] = offset
-            _sought(partition, offset)
         await seek(self, partition, offset)
 
     async def _wait_next_records(self: Consumer, timeout: float) -> tuple[Any, Any]:
@@ -105,64 +126,94 @@ def keep_source_offsets_contiguous(topic: str) -> None:
     Consumer.seek = _seek  # type: ignore[method-assign,assignment]
 
 
+def not_done(fetched: list[Any], unapplied: list[Any]) -> None:
+    """Mark the messages of ``fetched`` from each partition's first unapplied offset on as
+    acked, so that Faust's own ack (``take_events`` acks a batch even when the agent
+    raised) never counts them and never commits past them: they are read again."""
+    first: dict[int, int] = {}
+    for event in unapplied:
+        message = event.message
+        first[message.partition] = min(message.offset, first.get(message.partition, message.offset))
+    for event in fetched:
+        message = event.message
+        if message.partition in first and message.offset >= first[message.partition]:
+            message.acked = True
+
+
 class SourceOrder:
-    """The agent's own check, before it applies a batch: each partition's messages continue
-    from the offset the last seek of it set, then one after the other. A user's record keeps
-    only the last source offset it applied, so a message applied past a hole makes the
-    hole's events count as applied for every user they share. After a seek, messages until
-    the one at the sought offset are stale (fetched before it) and skipped; a message past
-    the one after the last applied is a hole: it and what follows are skipped and the
-    partition is sought back. Skipped messages are marked acked so that Faust never counts
-    them as done (never commits past them); they are read again."""
+    """The agent's own check, before it applies a batch: each partition's messages are
+    applied one after the other from the offset where the current generation started it
+    (its baseline, from the rebalance's seek to the committed offset). A user's record
+    keeps only the last source offset it applied, so a message applied past a hole makes
+    the hole's events count as applied for every user they share.
+
+    - no baseline in the current generation (messages fetched between the assignment and
+      its seek): skipped; read again after the seek;
+    - the offset due: applied;
+    - an older one (read again after a stall's seek back to the committed offset): applied
+      already in this generation; not again, and acked as it was, so the commit moves;
+    - a later one: a hole. It and what follows are skipped and the partition is sought
+      back to the offset due (again if it has not come after ``patience`` messages).
+
+    Skipped messages are marked acked, so Faust never counts them as done (never commits
+    past them); they are read again."""
 
     def __init__(self, app: Any, patience: int) -> None:
         self.app = app
-        self.patience = patience  # stale messages skipped before the seek is made again
-        self.last: dict[int, int] = {}  # partition -> last offset admitted
-        self.resume: dict[int, int] = {}  # partition -> offset it was sought to, not seen yet
-        self.skipped: dict[int, int] = {}
+        self.patience = patience  # messages skipped before the seek back is made again
+        # partition -> (generation, offset due; None: the first that comes)
+        self.due: dict[int, tuple[int, int | None]] = {}
+        self.waiting: dict[int, int] = {}  # partition -> messages skipped since sought back
         self.holes = 0
-        SEEK_LISTENERS.append(self.sought)
+        BASELINE_LISTENERS.append(self.baseline)
 
-    def assigned(self, *_: Any, **__: Any) -> None:
-        """A new assignment: what this worker saw of a partition before may be old (another
-        worker may have gone on with it meanwhile); the rebalance's seek sets the start."""
-        self.last.clear()
-
-    def sought(self, partition: int, offset: int) -> None:
-        self.resume[partition] = offset
-        self.last.pop(partition, None)
-        self.skipped[partition] = 0
+    def baseline(self, generation: int, partition: int, offset: int | None) -> None:
+        self.due[partition] = (generation, offset)
+        self.waiting.pop(partition, None)
 
     def admit(self, batch: list[Any]) -> tuple[list[Any], dict[Any, int]]:
         """The batch's events to apply, in order, and the partitions to seek back (tp ->
         offset)."""
+        generation = self.app.consumer_generation_id
         admitted, seeks = [], {}
         for event in batch:
             message = event.message
             partition, offset = message.partition, message.offset
-            want = self.resume.get(partition)
-            if want is not None and offset != want:
-                message.acked = True  # stale: applied before, or read again after want
-                self.skipped[partition] = self.skipped.get(partition, 0) + 1
-                if self.skipped[partition] > self.patience:  # the seek got lost: again
-                    log.warning("agents: partition %d did not bring offset %d after a seek; "
-                                "seeking again", partition, want)
-                    seeks[message.tp] = want
-                continue
-            if want is None and partition in self.last and offset > self.last[partition] + 1:
-                self.holes += 1
-                back = self.last[partition] + 1
-                log.warning("agents: partition %d went from offset %d to %d: not applied, "
-                            "read again from %d", partition, back - 1, offset, back)
-                seeks[message.tp] = back
-                self.resume[partition] = back  # until the seek itself says so
+            since, due = self.due.get(partition, (None, None))
+            if since != generation:  # before this generation's seek
                 message.acked = True
                 continue
-            self.resume.pop(partition, None)
-            admitted.append(event)
-            self.last[partition] = max(offset, self.last.get(partition, offset))
+            if due is None or offset == due:
+                admitted.append(event)
+                self.due[partition] = (generation, offset + 1)
+                self.waiting.pop(partition, None)
+                continue
+            if offset < due:
+                continue  # applied in this generation already: Faust acks it again
+            message.acked = True
+            waited = self.waiting.get(partition)
+            if waited is None:
+                self.holes += 1
+                log.warning("agents: partition %d went from offset %d to %d: not applied, "
+                            "read again from %d", partition, due - 1, offset, due)
+            elif waited >= self.patience:  # the seek got lost: again
+                log.warning("agents: partition %d did not bring offset %d after a seek; "
+                            "seeking again", partition, due)
+            else:
+                self.waiting[partition] = waited + 1
+                continue
+            seeks[message.tp] = due
+            self.waiting[partition] = 0
         return admitted, seeks
+
+    def rewind(self, events: Iterable[Any]) -> None:
+        """``events`` were admitted but not applied (the batch failed): due again."""
+        generation = self.app.consumer_generation_id
+        for event in events:
+            partition, offset = event.message.partition, event.message.offset
+            since, due = self.due.get(partition, (None, None))
+            if since == generation and (due is None or offset < due):
+                self.due[partition] = (generation, offset)
 
     async def seek_back(self, seeks: dict[Any, int]) -> None:
         consumer = self.app.consumer

@@ -11,9 +11,9 @@ not checked). Either way the partition's lag never drains and a restart would re
 from there.
 
 The heal is always safe: seek the partition back to its committed offset, with Faust's
-bookkeeping of it reset, so everything after it is read again. Events already applied are
-skipped (each user record holds the source offset it applied last), the rest are applied,
-and the acks commit past the stall. Shown on ``/readyz`` (503), ``/stats``,
+bookkeeping of it reset, so everything after it is read again. Messages this worker applied
+already are acked without being applied again (streams.rebalance.SourceOrder), the rest are
+applied, and the acks commit past the stall. Shown on ``/readyz`` (503), ``/stats``,
 ``sluice_agents_stalled_partitions`` and ``sluice status``.
 """
 
@@ -99,7 +99,11 @@ class Stalls:
             return
         if self.app.rebalancing:  # began while the offsets were read
             return
-        owned = self._serving() & owned_partitions(self.app)
+        # the consumer's own assignment too: the assignor's can still name a partition the
+        # last rebalance moved away (a leader's, seen here)
+        assigned = {tp.partition for tp in self.app.consumer.assignment()
+                    if tp.topic == self.topic}
+        owned = self._serving() & owned_partitions(self.app) & assigned
         stalled = self.clock.observe(lags, owned, time.monotonic())
         self.stalled = frozenset(lag.partition for lag in stalled)
         STALLED_PARTITIONS.set(len(stalled))
@@ -113,13 +117,13 @@ class Stalls:
     async def heal(self, lag: PartitionLag) -> None:
         # from the committed offset (or the partition's start when nothing was committed)
         offset = lag.committed if lag.committed >= 0 else lag.end - lag.lag
-        log.warning("agents: partition %d of %s stalled at committed offset %d of %d for "
-                    "%.0fs: reading it again from there", lag.partition, self.topic,
-                    lag.committed, lag.end, self.settings.agents_stall_s)
         consumer = self.app.consumer
         tp = TP(self.topic, lag.partition)
         if tp not in consumer.assignment():
             return
+        log.warning("agents: partition %d of %s stalled at committed offset %d of %d for "
+                    "%.0fs: reading it again from there", lag.partition, self.topic,
+                    lag.committed, lag.end, self.settings.agents_stall_s)
         # Faust's bookkeeping of the partition (private; faust-streaming<0.16 is pinned):
         # acks from the committed offset on count again, no old gap or ack is carried over
         consumer._committed_offset[tp] = offset or None

@@ -293,7 +293,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         for source, n in changes.duplicates.items():
             DUPLICATES.labels(source).inc(n)
 
-    stalls = Stalls(app, settings, lambda: reads.serving)
+    stalls = Stalls(app, settings, lambda: reads.serving, healed=order.healed)
 
     @app.timer(settings.agents_stall_s / 4)
     async def watch_stalls() -> None:

@@ -171,6 +171,14 @@ class SourceOrder:
         self.due[partition] = (generation, offset)
         self.waiting.pop(partition, None)
 
+    def healed(self, generation: int, partition: int, offset: int) -> None:
+        """A stalled partition was sought to its committed offset (streams.stalls): the
+        baseline of a generation whose own seek never reached the agent; one it has
+        stays (what it applied since is acked again as it comes)."""
+        since, _ = self.due.get(partition, (None, None))
+        if since != generation:
+            self.baseline(generation, partition, offset)
+
     def admit(self, batch: list[Any]) -> tuple[list[Any], dict[Any, int]]:
         """The batch's events to apply, in order, and the partitions to seek back (tp ->
         offset)."""

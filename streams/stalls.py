@@ -73,8 +73,10 @@ class StallClock:
 class Stalls:
     """Checks the worker's owned partitions every ``stall_s / 4`` (a Faust timer)."""
 
-    def __init__(self, app: Any, settings: Settings, serving: Callable[[], frozenset[int]]) -> None:
+    def __init__(self, app: Any, settings: Settings, serving: Callable[[], frozenset[int]],
+                 healed: Callable[[int, int, int], None] | None = None) -> None:
         self.app, self.settings, self._serving = app, settings, serving
+        self._healed = healed  # (generation, partition, offset) after a heal's seek
         self.topic = settings.topic_events
         self.clock = StallClock(settings.agents_stall_s)
         self.stalled: frozenset[int] = frozenset()
@@ -129,7 +131,10 @@ class Stalls:
         consumer._committed_offset[tp] = offset or None
         for name in ("_acked", "_acked_index", "_gap"):
             getattr(consumer, name).pop(tp, None)
+        generation = self.app.consumer_generation_id
         await consumer.seek(tp, offset)  # also sets Faust's read offset there
+        if self._healed is not None:
+            self._healed(generation, lag.partition, offset)
         self.heals += 1
         STALL_HEALS.inc()
         self.clock.restart(lag.partition)

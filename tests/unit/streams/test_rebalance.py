@@ -150,3 +150,13 @@ def test_a_failed_batch_is_never_counted_as_done_from_its_first_unapplied_messag
     fetched = events(0, 5, 6, 7) + events(1, 8, 9)
     not_done(fetched, [fetched[1], fetched[4]])  # 6 and 9 not applied
     assert [e.message.acked for e in fetched] == [False, True, True, False, True]
+
+
+def test_a_heal_starts_a_partition_only_when_its_generation_has_no_baseline() -> None:
+    order = order_with()
+    order.healed(1, 0, 7)  # the generation's own seek never reached the agent
+    admitted, _ = order.admit(events(0, 7, 8))
+    assert offsets(admitted) == [(0, 7), (0, 8)]
+    order.healed(1, 0, 3)  # a later heal moves nothing: 3-8 are acked again as they come
+    admitted, seeks = order.admit(events(0, 3, 4, 5, 6, 7, 8, 9))
+    assert offsets(admitted) == [(0, 9)] and not seeks

@@ -34,16 +34,25 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import Consumer  # the class the app's consumer is
 from faust.types import TP
 
 log = logging.getLogger(__name__)
 
 _TOPICS: set[str] = set()
-# called with (generation, partition, offset) after the seek of every source partition at
-# the end of a rebalance: where that generation starts reading it (None: wherever the
+# called with (assignment, partition, offset) after the seek of every source partition at
+# the end of a rebalance: where that assignment starts reading it (None: wherever the
 # consumer is, nothing being committed and the log's start unknown)
 BASELINE_LISTENERS: list[Callable[[int, int, int | None], None]] = []
+_ASSIGNMENTS = [0]
+
+
+def assignment() -> int:
+    """The number of the group assignment this process is in (1, 2, ...): counted here
+    rather than taken from the group's generation, which starts again at 0 with a new
+    group (a broker that lost its state)."""
+    return _ASSIGNMENTS[0]
 
 
 def keep_source_offsets_contiguous(topic: str) -> None:
@@ -55,6 +64,12 @@ def keep_source_offsets_contiguous(topic: str) -> None:
     fetch = Consumer._wait_next_records
     seek_to_committed = Consumer.seek_to_committed
     seek = Consumer.seek
+    listener = faust_aiokafka.ConsumerRebalanceListener
+    on_assigned = listener.on_partitions_assigned
+
+    async def _on_partitions_assigned(self: Any, assigned: Any) -> None:
+        _ASSIGNMENTS[0] += 1  # first: everything Faust does for this assignment comes after
+        await on_assigned(self, assigned)
 
     def _next(self: Consumer) -> dict[TP, int]:
         expected: dict[TP, int] | None = getattr(self, "_sluice_next", None)
@@ -63,7 +78,7 @@ def keep_source_offsets_contiguous(topic: str) -> None:
         return expected
 
     async def _seek_to_committed(self: Consumer) -> Mapping[TP, int]:
-        generation = self.app.consumer_generation_id  # the assignment being sought
+        current = assignment()  # the assignment being sought
         committed = await seek_to_committed(self)
         expected = _next(self)
         expected.clear()
@@ -73,8 +88,8 @@ def keep_source_offsets_contiguous(topic: str) -> None:
             start = await _start(self, tp, offset)
             if start is not None:
                 expected[tp] = start  # else: its first record sets it
-            for listener in BASELINE_LISTENERS:
-                listener(generation, tp.partition, start)
+            for baseline in BASELINE_LISTENERS:
+                baseline(current, tp.partition, start)
         return committed
 
     async def _start(self: Consumer, tp: TP, committed: int | None) -> int | None:
@@ -121,6 +136,7 @@ def keep_source_offsets_contiguous(topic: str) -> None:
             kept[tp] = batch
         return kept, active
 
+    listener.on_partitions_assigned = _on_partitions_assigned  # type: ignore[method-assign]
     Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign,assignment]
     Consumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     Consumer.seek = _seek  # type: ignore[method-assign,assignment]
@@ -142,62 +158,63 @@ def not_done(fetched: list[Any], unapplied: list[Any]) -> None:
 
 class SourceOrder:
     """The agent's own check, before it applies a batch: each partition's messages are
-    applied one after the other from the offset where the current generation started it
+    applied one after the other from the offset where the current assignment started it
     (its baseline, from the rebalance's seek to the committed offset). A user's record
     keeps only the last source offset it applied, so a message applied past a hole makes
     the hole's events count as applied for every user they share.
 
-    - no baseline in the current generation (messages fetched between the assignment and
+    - no baseline in the current assignment (messages fetched between the assignment and
       its seek): skipped; read again after the seek;
     - the offset due: applied;
     - an older one (read again after a stall's seek back to the committed offset): applied
-      already in this generation; not again, and acked as it was, so the commit moves;
+      already in this assignment; not again, and acked as it was, so the commit moves;
     - a later one: a hole. It and what follows are skipped and the partition is sought
       back to the offset due (again if it has not come after ``patience`` messages).
 
     Skipped messages are marked acked, so Faust never counts them as done (never commits
     past them); they are read again."""
 
-    def __init__(self, app: Any, patience: int) -> None:
+    def __init__(self, app: Any, patience: int, current: Callable[[], int] = assignment) -> None:
         self.app = app
         self.patience = patience  # messages skipped before the seek back is made again
-        # partition -> (generation, offset due; None: the first that comes)
+        self.current = current  # the assignment this worker is in
+        # partition -> (assignment, offset due; None: the first that comes)
         self.due: dict[int, tuple[int, int | None]] = {}
         self.waiting: dict[int, int] = {}  # partition -> messages skipped since sought back
         self.holes = 0
         BASELINE_LISTENERS.append(self.baseline)
 
-    def baseline(self, generation: int, partition: int, offset: int | None) -> None:
-        self.due[partition] = (generation, offset)
+    def baseline(self, number: int, partition: int, offset: int | None) -> None:
+        self.due[partition] = (number, offset)
         self.waiting.pop(partition, None)
 
-    def healed(self, generation: int, partition: int, offset: int) -> None:
+    def healed(self, number: int, partition: int, offset: int) -> None:
         """A stalled partition was sought to its committed offset (streams.stalls): the
-        baseline of a generation whose own seek never reached the agent; one it has
+        baseline of an assignment whose own seek never reached the agent; one it has
         stays (what it applied since is acked again as it comes)."""
         since, _ = self.due.get(partition, (None, None))
-        if since != generation:
-            self.baseline(generation, partition, offset)
+        if since != number:
+            self.baseline(number, partition, offset)
 
     def admit(self, batch: list[Any]) -> tuple[list[Any], dict[Any, int]]:
         """The batch's events to apply, in order, and the partitions to seek back (tp ->
         offset)."""
-        generation = self.app.consumer_generation_id
+        number = self.current()
         admitted, seeks = [], {}
         for event in batch:
             message = event.message
             partition, offset = message.partition, message.offset
             since, due = self.due.get(partition, (None, None))
-            if since != generation:  # before this generation's seek
+            if since != number:  # before this assignment's seek
                 message.acked = True
                 continue
             if due is None or offset == due:
                 admitted.append(event)
-                self.due[partition] = (generation, offset + 1)
+                self.due[partition] = (number, offset + 1)
                 self.waiting.pop(partition, None)
                 continue
             if offset < due:
-                continue  # applied in this generation already: Faust acks it again
+                continue  # applied in this assignment already: Faust acks it again
             message.acked = True
             waited = self.waiting.get(partition)
             if waited is None:
@@ -216,12 +233,12 @@ class SourceOrder:
 
     def rewind(self, events: Iterable[Any]) -> None:
         """``events`` were admitted but not applied (the batch failed): due again."""
-        generation = self.app.consumer_generation_id
+        number = self.current()
         for event in events:
             partition, offset = event.message.partition, event.message.offset
             since, due = self.due.get(partition, (None, None))
-            if since == generation and (due is None or offset < due):
-                self.due[partition] = (generation, offset)
+            if since == number and (due is None or offset < due):
+                self.due[partition] = (number, offset)
 
     async def seek_back(self, seeks: dict[Any, int]) -> None:
         consumer = self.app.consumer

@@ -32,6 +32,7 @@ from services.shared.lag import PartitionLag, group_lag, offsets_reader
 from services.shared.metrics import STALL_HEALS, STALLED_PARTITIONS
 from services.shared.settings import Settings
 from streams.reads import owned_partitions
+from streams.rebalance import assignment
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Stalls:
     def __init__(self, app: Any, settings: Settings, serving: Callable[[], frozenset[int]],
                  healed: Callable[[int, int, int], None] | None = None) -> None:
         self.app, self.settings, self._serving = app, settings, serving
-        self._healed = healed  # (generation, partition, offset) after a heal's seek
+        self._healed = healed  # (assignment, partition, offset) after a heal's seek
         self.topic = settings.topic_events
         self.clock = StallClock(settings.agents_stall_s)
         self.stalled: frozenset[int] = frozenset()
@@ -131,10 +132,10 @@ class Stalls:
         consumer._committed_offset[tp] = offset or None
         for name in ("_acked", "_acked_index", "_gap"):
             getattr(consumer, name).pop(tp, None)
-        generation = self.app.consumer_generation_id
+        current = assignment()
         await consumer.seek(tp, offset)  # also sets Faust's read offset there
         if self._healed is not None:
-            self._healed(generation, lag.partition, offset)
+            self._healed(current, lag.partition, offset)
         self.heals += 1
         STALL_HEALS.inc()
         self.clock.restart(lag.partition)

@@ -53,8 +53,12 @@ def offsets(admitted: list[Any]) -> list[tuple[int, int]]:
     return [(e.message.partition, e.message.offset) for e in admitted]
 
 
+def order_of(app: App, patience: int = 100) -> SourceOrder:
+    return SourceOrder(app, patience=patience, current=lambda: app.consumer_generation_id)
+
+
 def order_with(consumer: Consumer | None = None, patience: int = 100) -> SourceOrder:
-    return SourceOrder(App(consumer or Consumer()), patience=patience)
+    return order_of(App(consumer or Consumer()), patience)
 
 
 def test_contiguous_messages_from_the_baseline_are_all_applied() -> None:
@@ -69,7 +73,7 @@ def test_contiguous_messages_from_the_baseline_are_all_applied() -> None:
 
 def test_nothing_is_applied_before_the_generations_seek_and_never_counts_as_done() -> None:
     app = App(Consumer())
-    order = SourceOrder(app, patience=100)
+    order = order_of(app)
     order.baseline(1, 0, 10)
     app.consumer_generation_id = 2  # a rebalance: its seek has not come yet
     early = events(0, 12, 13)  # fetched between the assignment and the seek

@@ -71,6 +71,17 @@ def keep_source_offsets_contiguous(topic: str) -> None:
         _ASSIGNMENTS[0] += 1  # first: everything Faust does for this assignment comes after
         await on_assigned(self, assigned)
 
+    async def _seek_in_thread(self: Consumer, partition: TP, offset: int) -> None:
+        # Faust calls aiokafka's seek from the app's thread while the consumer's own thread
+        # may be inside Fetcher.fetched_records, which then fails deleting the records the
+        # seek dropped (KeyError: the fetcher crashed and the worker consumed nothing more)
+        thread = self._thread
+
+        async def seek_there() -> None:  # run by the consumer's thread
+            thread.seek(partition, offset)
+
+        await thread.call_thread(seek_there)
+
     def _next(self: Consumer) -> dict[TP, int]:
         expected: dict[TP, int] | None = getattr(self, "_sluice_next", None)
         if expected is None:
@@ -109,6 +120,10 @@ def keep_source_offsets_contiguous(topic: str) -> None:
     async def _seek(self: Consumer, partition: TP, offset: int) -> None:
         if partition.topic in _TOPICS:  # first: a record at it may come right after the seek
             _next(self)[partition] = offset
+        # Faust moves its read offset (records before it are dropped as read) after the seek
+        # returns; the seek now waits for the consumer's thread, and the records it brings
+        # back may come first: move it before
+        self._read_offset[partition] = offset if offset else None
         await seek(self, partition, offset)
 
     async def _wait_next_records(self: Consumer, timeout: float) -> tuple[Any, Any]:
@@ -140,6 +155,7 @@ def keep_source_offsets_contiguous(topic: str) -> None:
     Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign,assignment]
     Consumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     Consumer.seek = _seek  # type: ignore[method-assign,assignment]
+    Consumer._seek = _seek_in_thread  # type: ignore[method-assign,assignment]
 
 
 def not_done(fetched: list[Any], unapplied: list[Any]) -> None:

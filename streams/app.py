@@ -191,8 +191,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         partitions=settings.events_partitions, use_partitioner=True,
     )
     states = LocalStates(user_state, settings)
-    reads = OwnedReads(app, states, settings.topic_user_state)
-    install_reads(app, reads)
+    reads = OwnedReads(app, states, settings)
+    install_reads(app, reads, standbys=settings.agents_standby_replicas > 0)
     config_for = ModelConfigs(settings)
     dedup = Dedup(settings.dedup_window_s, settings.dedup_max_ids)
     # runs: batches, or parts of a batch of more than agents_batch_events events, applied;
@@ -302,11 +302,12 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:
         # partitions: the source partitions this worker owns now (0 until it joined);
-        # serving: those it has recovered and answers reads for; stalled: see streams.stalls
+        # serving: those it has recovered and answers reads for; stalled: see streams.stalls;
+        # copy_reads: reads it answered for partitions it does not serve (streams.reads)
         return web.json(stats | {"partitions": len(owned_partitions(app)),
                                  "serving": len(reads.serving),
                                  "stalled": sorted(stalls.stalled), "stall_heals": stalls.heals,
-                                 "holes": order.holes})
+                                 "holes": order.holes, "copy_reads": reads.copy_reads})
 
     @app.page("/readyz")
     async def get_readyz(web: Any, request: Any) -> Any:

@@ -8,6 +8,9 @@ user's partition, on the worker's web port:
   assignor gave it to every member at the last rebalance (``changelog_distribution``).
 - ``GET /internal/users?partition=P&key=K``: the user's record as the changelog has it
   (the stored bytes, decoded by the gateway, which ranks with its own catalog), or 404.
+  With ``&copy=1`` (the gateway's fallback while the owner cannot answer): from this
+  worker's copy of the partition, if it has one that holds every record the changelog
+  partition holds (see :meth:`OwnedReads.copy`).
 - ``POST /internal/applied`` ``{"timeout_s": t, "targets": [[P, O, K], ...]}``: answers
   once every user K holds source message (P, O) in its durable state, or after t seconds
   with ``{"applied": false}``.
@@ -16,18 +19,35 @@ A worker answers only for partitions it owns *and* has recovered: from a rebalan
 start until its table recovery ends it answers ``503`` (``moved``: the gateway asks for
 the owner map again), so a read never sees a store that is behind or no longer its own.
 Waiters of a revoked partition are answered ``moved`` too and move to the new owner.
+
+While a partition moves, nobody applies its events: from the rebalance's start until the
+new owner's recovery ends (Faust announces the end before it resumes the streams). Its
+state is then exactly the changelog's, and any copy that holds the changelog's last record
+may answer reads: the old owner's store (kept when Faust drops it), a standby's, or, when
+the owner was SIGKILLed, a standby until the group notices. A copy checks it at each read
+against the changelog's end offset (ListOffsets): a copy behind it, e.g. the old owner's
+once the new owner wrote, answers ``moved``. On Tansu, whose ListOffsets names the last
+record *batch*, a standby part-way through that batch may still answer, behind by part of
+one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections import defaultdict
 from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from faust.types import TP
 from faust.web import View
 
+from services.shared.kafka import client_config
+from services.shared.metrics import COPY_READS
+from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from streams.store import LocalStates
 
@@ -43,9 +63,13 @@ def owned_partitions(app: faust.App) -> set[int]:
 class OwnedReads:
     """What this worker serves now, and the waiters for source offsets to be applied."""
 
-    def __init__(self, app: faust.App, states: LocalStates, changelog_topic: str) -> None:
-        self.app, self.states, self.changelog_topic = app, states, changelog_topic
+    def __init__(self, app: faust.App, states: LocalStates, settings: Settings) -> None:
+        self.app, self.states, self.changelog_topic = app, states, settings.topic_user_state
+        self.ends = ChangelogEnds(settings)
+        self.copy_reads = 0  # answered from a copy (on /stats)
         self.serving: frozenset[int] = frozenset()  # recovered partitions of this generation
+        # what it served when the last rebalance began: its copies of them were complete then
+        self.was_serving: frozenset[int] = frozenset()
         self.applied: dict[int, int] = {}  # partition -> newest source offset in the store
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -53,6 +77,8 @@ class OwnedReads:
 
     def _on_revoked(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
         """A rebalance starts: serve nothing until recovery ends; move every waiter on."""
+        if self.serving:  # (a rebalance that starts again before recovery ended: kept)
+            self.was_serving = self.serving
         self.serving = frozenset()
         self.applied.clear()
         waiters, self._waiters = self._waiters, defaultdict(list)
@@ -100,6 +126,34 @@ class OwnedReads:
             raise Moved()
         return self.states.get(partition, key)
 
+    async def copy(self, partition: int, key: bytes) -> bytes | None:
+        """The record from this worker's copy of a partition it does not serve (now), if
+        that copy holds the changelog partition's last record (see the module's docstring);
+        else Moved."""
+        if partition in self.serving:
+            return self.states.get(partition, key)
+        held = self.states.copy_offset(partition)
+        if held is None or not self._was_complete(partition, held):
+            raise Moved()
+        end = await self.ends.end(self.changelog_topic, partition)
+        if end is None or end > held + 1:
+            raise Moved()
+        self.copy_reads += 1
+        COPY_READS.inc()
+        return self.states.copy_get(partition, key)
+
+    def _was_complete(self, partition: int, held: int) -> bool:
+        """Whether this copy held the whole changelog partition at some point: it served the
+        partition until the rebalance began, or as a standby it reached the end offset its
+        recovery started from. Never a copy part-way through a recovery: on Tansu one
+        record batch may hold a partition's whole changelog, so the end offset alone would
+        not tell it (the check in :meth:`copy` then finds any batch written since)."""
+        if partition in self.was_serving:
+            return True
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        standby_end = recovery.standby_highwaters.get(TP(self.changelog_topic, partition))
+        return standby_end is not None and held >= standby_end
+
     async def wait(self, targets: list[tuple[int, int, bytes]], timeout_s: float) -> bool:
         """Whether every (partition, offset, key) is applied within ``timeout_s``."""
         loop = asyncio.get_running_loop()
@@ -131,12 +185,52 @@ class Moved(Exception):
     """The partition is not served here (now): rebalancing, recovering or someone else's."""
 
 
+class ChangelogEnds:
+    """Changelog partitions' end offsets, asked of the broker (ListOffsets) on a client of
+    its own: Faust's consumer is busy rebalancing exactly when copies are read."""
+
+    TIMEOUT_S = 1.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: Consumer | None = None
+        self._lock = threading.Lock()  # the first reads may come at once
+
+    async def end(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset; None when the broker did not answer in time."""
+        return await asyncio.to_thread(self._end, topic, partition)
+
+    def _end(self, topic: str, partition: int) -> int | None:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = Consumer(client_config(self.settings) | {
+                    "group.id": f"sluice-reads-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False})
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.TIMEOUT_S, cached=False)
+        except KafkaException:  # the broker is away: no copy can be vouched for
+            return None
+        return int(high)
+
+
 def _moved(web: Any) -> Any:
     return web.json({"detail": "moved"}, status=MOVED, headers={"Retry-After": "1"})
 
 
-def install(app: faust.App, reads: OwnedReads) -> None:
-    """The internal read pages on the worker's web server."""
+STANDBY_APPLY_S = 0.2  # the most a standby copy's store trails what it has read
+
+
+def install(app: faust.App, reads: OwnedReads, standbys: bool) -> None:
+    """The internal read pages on the worker's web server; with ``standbys``, what this
+    worker reads as a standby lands in its store within STANDBY_APPLY_S: Faust applies a
+    standby's records only per 1,000 (its standby_buffer_size) or at a rebalance, and a
+    copy behind the changelog cannot answer for an owner that died (``copy``)."""
+
+    if standbys:
+        @app.timer(interval=STANDBY_APPLY_S)
+        async def apply_standby_records() -> None:
+            app.tables.recovery.flush_buffers()  # type: ignore[attr-defined]
 
     @app.page("/internal/owners")
     async def owners(web: Any, request: Any) -> Any:
@@ -150,7 +244,10 @@ def install(app: faust.App, reads: OwnedReads) -> None:
         except (KeyError, ValueError):
             return web.json({"detail": "partition and key are required"}, status=400)
         try:
-            raw = reads.record(partition, key)
+            if request.query.get("copy") == "1":
+                raw = await reads.copy(partition, key)
+            else:
+                raw = reads.record(partition, key)
         except Moved:
             return _moved(web)
         if raw is None:

@@ -152,6 +152,8 @@ class LocalStates:
         self.table = table
         self.store = table.data  # Faust's store: faust.stores.rocksdb.Store or memory.Store
         self.on_disk = settings.agents_store == "rocksdb"
+        # partition -> the database of a partition this worker lost at the last assignment
+        self.kept: dict[int, Any] = {}
         if self.on_disk:
             import rocksdict
 
@@ -160,11 +162,53 @@ class LocalStates:
             self._write_batch = lambda: rocksdict.WriteBatch(raw_mode=True)
             self._offset_key: bytes = self.store.offset_key
             self.store.apply_changelog_batch = self._apply_changelog_batch
+            self._keep_lost_copies()
 
     def _db(self, partition: int) -> Any:
         # Faust's own per-partition handle (opened on assignment, or now); private API of
         # faust.stores.rocksdb.Store, pinned by faust-streaming<0.16 in pyproject.toml
         return self.store._db_for_partition(partition)
+
+    def _keep_lost_copies(self) -> None:
+        """Faust drops (without closing) the database of a partition it loses at an
+        assignment; keep the handle instead, for reads until the new owner serves
+        (:meth:`copy_offset`), and give it back to Faust if the partition comes back (a
+        second handle on the same files would wait for the first's lock)."""
+        store = self.store
+        revoke, open_for_partition = store.revoke_partitions, store._open_for_partition
+
+        def revoke_partitions(table: Any, tps: Any) -> None:
+            self.kept = {tp.partition: db for tp in tps
+                         if tp.topic in table.changelog_topic.topics
+                         and (db := store._dbs.get(tp.partition)) is not None}
+            revoke(table, tps)
+
+        def reopen(partition: int) -> Any:
+            db = self.kept.pop(partition, None)
+            return db if db is not None else open_for_partition(partition)
+
+        store.revoke_partitions = revoke_partitions
+        store._open_for_partition = reopen
+
+    def copy_offset(self, partition: int) -> int | None:
+        """The changelog offset of the last record this worker's copy of ``partition``
+        holds (-1: none yet): its active store, a standby's, or the one kept when the
+        partition moved away; None without a copy (or with the memory store)."""
+        db = self._copy(partition)
+        if db is None:
+            return None
+        raw = db.get(self._offset_key)
+        return int(raw) if raw is not None else -1
+
+    def copy_get(self, partition: int, key: bytes) -> bytes | None:
+        db = self._copy(partition)
+        return db.get(key) if db is not None else None
+
+    def _copy(self, partition: int) -> Any:
+        if not self.on_disk:
+            return None
+        db = self.store._dbs.get(partition)
+        return db if db is not None else self.kept.get(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         if self.on_disk:

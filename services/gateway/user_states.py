@@ -11,8 +11,11 @@ Ranking stays here: a recommendation needs the user's weights (one record from t
 owner) and the program's catalog and popularity, which every gateway already holds; the
 workers only look up records, and ranking's CPU scales with gateway replicas.
 
-A read the owner cannot answer in ``SLUICE_AGENTS_READ_TIMEOUT_S`` (no owner during a
-rebalance, a worker that died and whose partitions were not taken over yet) raises
+While the owner cannot answer (the partition moves, or its worker died and the group has
+not noticed yet), any worker whose copy of the partition is as complete as the changelog
+answers instead: the old owner, a standby (streams/reads.py). A read that neither can
+answer in ``SLUICE_AGENTS_READ_TIMEOUT_S`` (no copy complete: a standby-less partition
+whose owner died, or a new owner recovering a changelog written since) raises
 :class:`StateUnavailable` (503 with Retry-After): never an empty state passed off as real.
 """
 
@@ -36,6 +39,7 @@ from services.shared.users import UserRecord
 log = logging.getLogger(__name__)
 
 RETRY_PAUSE_S = 0.1  # between asks of a moved partition's owner
+COPY_TIMEOUT_S = 0.5  # the most a read waits for the workers' copies, each time it asks
 
 
 class Moved(Exception):
@@ -64,15 +68,51 @@ class UserStates:
                     partition, "GET", "/internal/users", deadline,
                     params={"partition": str(partition), "key": key.decode()})
             except Moved as exc:
+                copy = await self._from_copy(partition, key, deadline)
+                if copy is not None:
+                    status, body = copy
+                    break
                 if loop.time() + RETRY_PAUSE_S >= deadline:
                     raise StateUnavailable(
                         f"user state of partition {partition} is moving between agents "
                         f"workers or its worker is down ({exc}); retry shortly") from None
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            if status == 404:
-                return None
-            return UserRecord.decode(body)
+            break
+        if status == 404:
+            return None
+        return UserRecord.decode(body)
+
+    async def _from_copy(self, partition: int, key: bytes, deadline: float,
+                         ) -> tuple[int, bytes] | None:
+        """While the partition's owner cannot answer (it moves, or died and the group has
+        not noticed yet): the first worker whose copy of the partition holds every record of
+        its changelog answers (streams/reads.py); None when none does."""
+        urls = list(dict.fromkeys(self._known + list(self._owners.values())))
+        left = min(deadline - asyncio.get_running_loop().time(), COPY_TIMEOUT_S)
+        if not urls or left <= 0:
+            return None
+        params = {"partition": str(partition), "key": key.decode(), "copy": "1"}
+        asks = [asyncio.ensure_future(self._copy_at(url, params, left)) for url in urls]
+        try:
+            for done in asyncio.as_completed(asks):
+                if (answer := await done) is not None:
+                    return answer
+        finally:
+            for ask in asks:
+                ask.cancel()
+        return None
+
+    async def _copy_at(self, url: str, params: dict[str, str], left: float,
+                       ) -> tuple[int, bytes] | None:
+        try:
+            async with self._client().get(url + "/internal/users", params=params,
+                                          timeout=aiohttp.ClientTimeout(total=left),
+                                          ) as response:
+                body = await response.read()
+                return (response.status, body) if response.status in (200, 404) else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
 
     async def wait_applied(self, targets: dict[bytes, tuple[int, int]], timeout_s: float) -> bool:
         """Wait until each user key's state includes its source message (partition, offset),

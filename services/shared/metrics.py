@@ -93,6 +93,10 @@ DUPLICATES = Counter(
     "sluice_duplicates", "Events the agents left out because the user's record had seen "
     "their client event id within SLUICE_DEDUP_WINDOW_S (a client's retry), by dialect.",
     ["source"])
+COPY_READS = Counter(
+    "sluice_agents_copy_reads", "User reads this agents worker answered from its copy of a "
+    "partition it does not serve (the partition was moving, or its owner died): the old "
+    "owner's store or a standby's, as complete as the changelog (streams/reads.py).")
 AGENTS_EVENTS = Counter(
     "sluice_agents_events", "Events (lines) the agents read from the events topic and "
     "applied to user state (process_user_actions=false ones included: they change nothing).")

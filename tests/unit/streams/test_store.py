@@ -97,3 +97,23 @@ def test_memory_keeps_records_without_offsets(
     assert states.get(1, b"k") == b"v" and states.users([1]) == 1
     changelog = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
     assert table.data.persisted_offset(TP(changelog, 1)) is None  # type: ignore[attr-defined]
+
+
+def test_a_partition_lost_at_an_assignment_stays_readable_and_comes_back_without_a_wait(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust drops a lost partition's database at an assignment; its copy stays readable
+    (reads while the partition moves) and is Faust's own handle again if it comes back."""
+    states, table = _states(settings, monkeypatch)
+    states.commit([(1, b"shop\x00u1", b"v1", True)], [(1, 41)])
+    store = table.data  # type: ignore[attr-defined]
+    changelog = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+    held = store._dbs[1]
+    store.revoke_partitions(table, {TP(changelog, 1)})  # as Faust's on_rebalance calls it
+    assert 1 not in store._dbs
+    assert states.copy_offset(1) == 41 and states.copy_get(1, b"shop\x00u1") == b"v1"
+    assert states.copy_offset(3) is None  # never held here: no copy
+    assert store._db_for_partition(1) is held  # back: the same handle, no lock to wait for
+    assert states.copy_offset(1) == 41 and not states.kept
+    store.revoke_partitions(table, set())  # the next assignment: what was kept is let go
+    assert states.kept == {}

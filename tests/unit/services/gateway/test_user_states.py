@@ -23,11 +23,13 @@ PARTITION = partition_for(KEY, PARTITIONS)
 
 
 class FakeWorker:
-    """Serves the users of the partitions it is told it owns; the owner map it gives is
+    """Serves the users of the partitions it is told it owns, and with ``copy=1`` those of
+    the partitions it is told it holds a complete copy of; the owner map it gives is
     whatever the test sets (as Faust's assignor tells every member)."""
 
     def __init__(self) -> None:
         self.serving: set[int] = set()
+        self.copies: set[int] = set()
         self.owners: dict[int, str] = {}
         self.generation = 1
         self.records: dict[bytes, bytes] = {}
@@ -47,8 +49,10 @@ class FakeWorker:
                                   "owners": {str(p): u for p, u in self.owners.items()}})
 
     async def _user(self, request: web.Request) -> web.Response:
-        self.asked.append("user")
-        if int(request.query["partition"]) not in self.serving:
+        copy = request.query.get("copy") == "1"
+        self.asked.append("copy" if copy else "user")
+        if int(request.query["partition"]) not in (self.serving | self.copies if copy
+                                                   else self.serving):
             return web.json_response({"detail": "moved"}, status=503)
         raw = self.records.get(request.query["key"].encode())
         if raw is None:
@@ -115,7 +119,30 @@ def test_a_partition_that_moved_is_followed_to_its_new_owner() -> None:
         a.generation = b.generation = 2
         assert (await users.get(KEY)).events == 2  # type: ignore[union-attr]
         assert await users.wait_applied({KEY: (PARTITION, 1)}, 1.0) is True
-        assert b.asked == ["user", "applied"]
+        # a said "moved"; b answered (as a copy, its own serving store) and then waited
+        assert b.asked == ["copy", "applied"]
+        await users.close()
+
+    run(test)
+
+
+def test_while_the_owner_cannot_answer_a_complete_copy_does() -> None:
+    async def test(a: FakeWorker, b: FakeWorker) -> None:
+        # b owns the partition and is recovering it; a lost it to b and still holds it
+        a.owners = b.owners = {p: b.url for p in range(PARTITIONS)}
+        a.copies, a.records = set(range(PARTITIONS)), {KEY: record(4)}
+        users = states(a.url, b.url)
+        assert (await users.get(KEY)).events == 4  # type: ignore[union-attr]
+        assert b.asked == ["user", "copy"] and a.asked == ["copy"]
+        assert await users.get(message_key("shop", "nobody")) is None  # the copy: no state
+        # once b serves it, b answers: the copy is not asked again
+        b.serving, b.records = {PARTITION}, {KEY: record(5)}
+        a.asked.clear()
+        assert (await users.get(KEY)).events == 5  # type: ignore[union-attr]
+        assert a.asked == []
+        # a copy is never a wait's answer: waits need the owner
+        b.serving = set()
+        assert await users.wait_applied({KEY: (PARTITION, 0)}, 0.3) is False
         await users.close()
 
     run(test)
@@ -123,9 +150,9 @@ def test_a_partition_that_moved_is_followed_to_its_new_owner() -> None:
 
 def test_no_owner_in_time_is_state_unavailable_never_an_empty_state() -> None:
     async def test(a: FakeWorker, b: FakeWorker) -> None:
-        # the map still names a worker that died (b's server answers nothing it owns)
+        # the map still names a worker that died (b's server answers nothing it owns), and
+        # a has no complete copy of the partition (its own is behind the changelog)
         a.owners = {p: b.url for p in range(PARTITIONS)}
-        a.serving = set(range(PARTITIONS))
         a.records = {KEY: record(1)}
         users = states(a.url, timeout_s=0.5)
         with pytest.raises(StateUnavailable):
@@ -133,7 +160,7 @@ def test_no_owner_in_time_is_state_unavailable_never_an_empty_state() -> None:
         # a wait with no owner times out: False (the POST answers 504 or a receipt)
         assert await users.wait_applied({KEY: (PARTITION, 0)}, 0.5) is False
         # the takeover lands: the next read is right
-        a.owners = {p: a.url for p in range(PARTITIONS)}
+        a.owners, a.serving = {p: a.url for p in range(PARTITIONS)}, set(range(PARTITIONS))
         a.generation = 2
         assert (await users.get(KEY)).events == 1  # type: ignore[union-attr]
         await users.close()

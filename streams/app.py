@@ -289,7 +289,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         stats["users_written"] += len(changes.records)
         stats["runs"] += 1
         stats["messages"] += len(changes.run)
-        _observe(changes.run, states.users(owned_partitions(app)))
+        _observe(changes.run, states.users(owned_partitions(app, settings.topic_events)))
         for source, n in changes.duplicates.items():
             DUPLICATES.labels(source).inc(n)
 
@@ -304,7 +304,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         # partitions: the source partitions this worker owns now (0 until it joined);
         # serving: those it has recovered and answers reads for; stalled: see streams.stalls;
         # copy_reads: reads it answered for partitions it does not serve (streams.reads)
-        return web.json(stats | {"partitions": len(owned_partitions(app)),
+        return web.json(stats | {"partitions": len(owned_partitions(app, settings.topic_events)),
                                  "serving": len(reads.serving),
                                  "stalled": sorted(stalls.stalled), "stall_heals": stalls.heals,
                                  "holes": order.holes, "copy_reads": reads.copy_reads})
@@ -312,7 +312,7 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     @app.page("/readyz")
     async def get_readyz(web: Any, request: Any) -> Any:
         # ready: every partition this worker owns is recovered, served and moving
-        owned = owned_partitions(app)
+        owned = owned_partitions(app, settings.topic_events)
         refused = REFUSED.recent()  # the changelog producer's or lag reader's last refusal
         ready = (not app.rebalancing and owned <= reads.serving and not stalls.stalled
                  and refused is None)

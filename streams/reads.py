@@ -54,10 +54,12 @@ from streams.store import LocalStates
 MOVED = 503  # not (or not yet) this worker's partition: ask for the owners again
 
 
-def owned_partitions(app: faust.App) -> set[int]:
-    """The source partitions this worker owns in the current generation (the changelog's
-    partitions it owns carry the same numbers: a user's state lives in its partition)."""
-    return {tp.partition for tp in app.assignor.assigned_actives()}
+def owned_partitions(app: faust.App, topic: str) -> set[int]:
+    """The partitions of the source ``topic`` (the events) this worker owns in the current
+    generation (the changelog's partitions it owns carry the same numbers: a user's state
+    lives in its partition). Only that topic's: the assignor's actives also hold partition 0
+    of Faust's own ``__assignor-__leader`` topic, which made the leader claim partition 0."""
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
 
 
 class OwnedReads:
@@ -65,6 +67,7 @@ class OwnedReads:
 
     def __init__(self, app: faust.App, states: LocalStates, settings: Settings) -> None:
         self.app, self.states, self.changelog_topic = app, states, settings.topic_user_state
+        self.source_topic = settings.topic_events
         self.ends = ChangelogEnds(settings)
         self.copy_reads = 0  # answered from a copy (on /stats)
         self.serving: frozenset[int] = frozenset()  # recovered partitions of this generation
@@ -88,7 +91,7 @@ class OwnedReads:
                     future.set_exception(Moved())
 
     def _on_recovered(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
-        self.serving = frozenset(owned_partitions(self.app))
+        self.serving = frozenset(owned_partitions(self.app, self.source_topic))
 
     def on_committed(self, newest: dict[int, int]) -> None:
         """partition -> newest source offset of a batch whose state is in the store now."""

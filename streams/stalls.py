@@ -103,10 +103,10 @@ class Stalls:
         if self.app.rebalancing:  # began while the offsets were read
             return
         # the consumer's own assignment too: the assignor's can still name a partition the
-        # last rebalance moved away (a leader's, seen here)
+        # last rebalance moved away
         assigned = {tp.partition for tp in self.app.consumer.assignment()
                     if tp.topic == self.topic}
-        owned = self._serving() & owned_partitions(self.app) & assigned
+        owned = self._serving() & owned_partitions(self.app, self.topic) & assigned
         stalled = self.clock.observe(lags, owned, time.monotonic())
         self.stalled = frozenset(lag.partition for lag in stalled)
         STALLED_PARTITIONS.set(len(stalled))

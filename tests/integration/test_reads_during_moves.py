@@ -5,9 +5,11 @@ Real worker processes on Tansu."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from services.shared.events import message_key, partition_for
@@ -26,11 +28,13 @@ def partition_of(settings: Settings, user: str) -> int:
     return partition_for(message_key("shop", user), settings.events_partitions)
 
 
-def test_a_killed_owners_users_are_read_from_a_standby_before_the_group_notices(
-    settings: Settings, pipeline: TestClient, agents: Agents
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stopped_owners_users_are_read_from_a_standby_until_the_takeover(
+    settings: Settings, pipeline: TestClient, agents: Agents, sig: signal.Signals
 ) -> None:
     """SIGKILL of a worker: its partitions stay its own until the session times out; every
-    read of its users meanwhile comes from the other worker's standby copy, exact."""
+    read of its users meanwhile comes from the other worker's standby copy, exact. SIGTERM:
+    the worker leaves the group at once, and its users' reads go on through the takeover."""
     settings.agents_standby_replicas = 1
     settings.agents_session_timeout_s = 20.0  # the window the reads must be answered in
     users = [f"user{i}" for i in range(400)]
@@ -43,9 +47,10 @@ def test_a_killed_owners_users_are_read_from_a_standby_before_the_group_notices(
     lost = set(readyz(agents, second)["owned"])
     theirs = [u for u in users if partition_of(settings, u) in lost]
     assert theirs
-    agents.kill(second)
+    agents.kill(second, sig)
     answers = [pipeline.get(f"/users/{u}/label-weights", headers=H) for u in theirs]
-    assert agents.stats(first)["copy_reads"] > 0  # the standby answered for the dead owner
+    if sig == signal.SIGKILL:  # the standby answered for the dead owner
+        assert agents.stats(first)["copy_reads"] > 0
     assert [r.status_code for r in answers] == [200] * len(theirs)
     assert {r.json()["events"] for r in answers} == {1}
     assert all(r.json()["label_weights"][0]["label"] == "r0" for r in answers)

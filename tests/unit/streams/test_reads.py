@@ -76,3 +76,17 @@ def test_what_was_served_when_a_rebalance_began_survives_a_rebalance_that_begins
     assert (reads.serving, reads.was_serving) == (frozenset(), frozenset({1, 2}))
     reads._on_revoked(app, signal=None)  # again, before recovery ended: nothing served since
     assert reads.was_serving == frozenset({1, 2})
+
+
+def test_owned_partitions_are_the_source_topics_not_fausts_leader_topics() -> None:
+    """The group leader's assignor also holds partition 0 of Faust's ``__assignor-__leader``
+    topic: counted, it made the leader serve (and answer reads of) a partition 0 it did not
+    own."""
+    from types import SimpleNamespace
+
+    from streams.reads import owned_partitions
+
+    actives = {TP("events", 2), TP("events", 3), TP("app-__assignor-__leader", 0),
+               TP("app-user-state-changelog", 2)}
+    app = SimpleNamespace(assignor=SimpleNamespace(assigned_actives=lambda: actives))
+    assert owned_partitions(app, "events") == {2, 3}  # type: ignore[arg-type]

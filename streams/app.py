@@ -46,6 +46,7 @@ from services.shared.publish import BrokerUnavailable, Publisher
 from services.shared.ranking import ModelConfigs
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
+from streams.handover import install as install_handover
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
 from streams.rebalance import SourceOrder, keep_source_offsets_contiguous, not_done
@@ -193,6 +194,8 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     states = LocalStates(user_state, settings)
     reads = OwnedReads(app, states, settings)
     install_reads(app, reads, standbys=settings.agents_standby_replicas > 0)
+    if settings.agents_web_port != 0:
+        install_handover(app, reads, settings.agents_advertised_url, settings.agents_handover_s)
     config_for = ModelConfigs(settings)
     dedup = Dedup(settings.dedup_window_s, settings.dedup_max_ids)
     # runs: batches, or parts of a batch of more than agents_batch_events events, applied;

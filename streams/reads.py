@@ -90,6 +90,13 @@ class OwnedReads:
                 if not future.done():
                     future.set_exception(Moved())
 
+    def stop_serving(self) -> frozenset[int]:
+        """The worker stops (Faust sends no revoke then): what it served is answered as
+        copies from now on, checked against the changelog like any other (the new owner may
+        write past it), and its waiters move on. Returns those partitions."""
+        self._on_revoked(self.app, signal=None)
+        return self.was_serving
+
     def _on_recovered(self, sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
         self.serving = frozenset(owned_partitions(self.app, self.source_topic))
 

@@ -257,6 +257,11 @@ class Settings(BaseSettings):
     agents_batch_events: int = Field(
         20_000, description="Most events a worker applies at once: a batch of messages holding "
         "more is applied in runs of at most this many (a worker's memory grows with it).")
+    agents_handover_s: float = Field(
+        15.0, ge=0, description="How long a worker told to stop (SIGTERM) keeps answering "
+        "reads of the partitions it served, from its store, until their new owners serve them "
+        "(0: it stops at once). Below Kubernetes' terminationGracePeriodSeconds (30)."
+    )
     agents_stall_s: float = Field(
         20.0, gt=0, description="A source partition a worker owns whose committed offset has "
         "not moved for this long while it has lag counts as stalled: shown (/readyz, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,22 +29,26 @@ def partition_of(settings: Settings, user: str) -> int:
     return partition_for(message_key("shop", user), settings.events_partitions)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_stopped_owners_users_are_read_from_a_standby_until_the_takeover(
-    settings: Settings, pipeline: TestClient, agents: Agents, sig: signal.Signals
+@pytest.mark.parametrize(("sig", "standbys"), [(signal.SIGKILL, 1), (signal.SIGTERM, 0)],
+                         ids=["SIGKILL with a standby", "SIGTERM without"])
+def test_a_stopped_owners_users_are_read_until_the_takeover(
+    settings: Settings, pipeline: TestClient, agents: Agents, sig: signal.Signals,
+    standbys: int, tmp_path: Path,
 ) -> None:
     """SIGKILL of a worker: its partitions stay its own until the session times out; every
-    read of its users meanwhile comes from the other worker's standby copy, exact. SIGTERM:
-    the worker leaves the group at once, and its users' reads go on through the takeover."""
-    settings.agents_standby_replicas = 1
+    read of its users meanwhile comes from the other worker's standby copy, exact. SIGTERM
+    (no standby): the worker leaves the group at once and answers its users' reads from its
+    own store until the other serves them (streams/handover.py)."""
+    settings.agents_standby_replicas = standbys
     settings.agents_session_timeout_s = 20.0  # the window the reads must be answered in
     users = [f"user{i}" for i in range(400)]
     first, second = agents.start(), agents.start()
     wait_for(lambda: all(readyz(agents, i)["ready"] and readyz(agents, i)["owned"]
                          for i in (first, second)), timeout_s=90, every_s=0.5)
     post(pipeline, users, "r0", T0, "false")  # applied, so in the changelog
-    wait_for(lambda: agents.stats(first)["changelog_standby"]
-             + agents.stats(second)["changelog_standby"] >= len(users), timeout_s=60)
+    if standbys:
+        wait_for(lambda: agents.stats(first)["changelog_standby"]
+                 + agents.stats(second)["changelog_standby"] >= len(users), timeout_s=60)
     lost = set(readyz(agents, second)["owned"])
     theirs = [u for u in users if partition_of(settings, u) in lost]
     assert theirs
@@ -51,6 +56,8 @@ def test_a_stopped_owners_users_are_read_from_a_standby_until_the_takeover(
     answers = [pipeline.get(f"/users/{u}/label-weights", headers=H) for u in theirs]
     if sig == signal.SIGKILL:  # the standby answered for the dead owner
         assert agents.stats(first)["copy_reads"] > 0
+    else:  # the leaver stopped once the other served its partitions
+        assert "handed over" in (tmp_path / f"agents-{second}.log").read_text()
     assert [r.status_code for r in answers] == [200] * len(theirs)
     assert {r.json()["events"] for r in answers} == {1}
     assert all(r.json()["label_weights"][0]["label"] == "r0" for r in answers)

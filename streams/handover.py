@@ -37,7 +37,8 @@ async def hand_over(reads: OwnedReads, own_url: str, timeout_s: float) -> None:
     if not partitions or not peers or timeout_s <= 0:
         return
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    began, answered = loop.time(), reads.copy_reads
+    deadline = began + timeout_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
         while loop.time() < deadline:
             owners = await _owners(session, peers)
@@ -46,7 +47,9 @@ async def hand_over(reads: OwnedReads, own_url: str, timeout_s: float) -> None:
                 return
             pending = await _not_served(session, owners, partitions, own_url.rstrip("/"))
             if not pending:
-                log.info("agents: partitions %s handed over", sorted(partitions))
+                log.info("agents: partitions %s handed over after %.1f s; %d reads answered "
+                         "meanwhile", sorted(partitions), loop.time() - began,
+                         reads.copy_reads - answered)
                 return
             await asyncio.sleep(POLL_S)
     log.warning("agents: stopped before partitions %s were served elsewhere (%.0f s)",

@@ -171,9 +171,10 @@ class LocalStates:
 
     def _keep_lost_copies(self) -> None:
         """Faust drops (without closing) the database of a partition it loses at an
-        assignment; keep the handle instead, for reads until the new owner serves
-        (:meth:`copy_offset`), and give it back to Faust if the partition comes back (a
-        second handle on the same files would wait for the first's lock)."""
+        assignment, and every one when it stops; keep the handles instead, for reads until
+        the new owner serves (:meth:`copy_offset`), and give one back to Faust if its
+        partition comes back (a second handle on the same files would wait for the first's
+        lock)."""
         store = self.store
         revoke, open_for_partition = store.revoke_partitions, store._open_for_partition
 
@@ -189,6 +190,15 @@ class LocalStates:
 
         store.revoke_partitions = revoke_partitions
         store._open_for_partition = reopen
+        stop = store.stop
+
+        async def keep_then_stop() -> None:
+            # a stopping worker still answers reads of what it served (streams.handover)
+            # after Faust stopped the table, which drops every database
+            self.kept.update(store._dbs)
+            await stop()
+
+        store.stop = keep_then_stop
 
     def copy_offset(self, partition: int) -> int | None:
         """The changelog offset of the last record this worker's copy of ``partition``

@@ -5,6 +5,7 @@ Real worker processes on Tansu."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from pathlib import Path
@@ -52,13 +53,29 @@ def test_a_stopped_owners_users_are_read_until_the_takeover(
     lost = set(readyz(agents, second)["owned"])
     theirs = [u for u in users if partition_of(settings, u) in lost]
     assert theirs
-    agents.kill(second, sig)
-    answers = [pipeline.get(f"/users/{u}/label-weights", headers=H) for u in theirs]
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def read() -> None:  # while the worker stops, and after
+        while not stop.is_set():
+            answers.extend(pipeline.get(f"/users/{u}/label-weights", headers=H)
+                           for u in theirs[:20])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        agents.kill(second, sig)  # returns once it exited
+    finally:
+        stop.set()
+        reader.join(30)
+    answers.extend(pipeline.get(f"/users/{u}/label-weights", headers=H) for u in theirs)
     if sig == signal.SIGKILL:  # the standby answered for the dead owner
         assert agents.stats(first)["copy_reads"] > 0
-    else:  # the leaver stopped once the other served its partitions
-        assert "handed over" in (tmp_path / f"agents-{second}.log").read_text()
-    assert [r.status_code for r in answers] == [200] * len(theirs)
+    else:  # the leaver answered its users' reads until the other served its partitions
+        handed = re.search(r"handed over after .* (\d+) reads answered",
+                           (tmp_path / f"agents-{second}.log").read_text())
+        assert handed and int(handed.group(1)) > 0
+    assert [r.status_code for r in answers] == [200] * len(answers)
     assert {r.json()["events"] for r in answers} == {1}
     assert all(r.json()["label_weights"][0]["label"] == "r0" for r in answers)
 

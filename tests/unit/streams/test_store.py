@@ -117,3 +117,15 @@ def test_a_partition_lost_at_an_assignment_stays_readable_and_comes_back_without
     assert states.copy_offset(1) == 41 and not states.kept
     store.revoke_partitions(table, set())  # the next assignment: what was kept is let go
     assert states.kept == {}
+
+
+def test_a_stopping_worker_keeps_its_copies_readable_after_faust_stops_the_table(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    states, table = _states(settings, monkeypatch)
+    states.commit([(2, b"shop\x00u2", b"v2", True)], [(2, 9)])
+    asyncio.run(table.data.stop())  # type: ignore[attr-defined]
+    assert table.data._dbs == {}  # type: ignore[attr-defined]
+    assert states.copy_offset(2) == 9 and states.copy_get(2, b"shop\x00u2") == b"v2"

@@ -13,6 +13,7 @@ class Reads:
     def __init__(self, owners: dict[str, str]) -> None:
         self._owners = owners
         self.stopped = False
+        self.copy_reads = 0
 
     def stop_serving(self) -> frozenset[int]:
         self.stopped = True

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RETRY_PAUSE_S = 0.1  # between asks of a moved partition's owner
 COPY_TIMEOUT_S = 0.5  # the most a read waits for the workers' copies, each time it asks
+DEPARTED_S = 60.0  # how long a worker the owner map no longer names is still asked for copies
 
 
 class Moved(Exception):
@@ -52,6 +53,9 @@ class UserStates:
         self._partition_count = partition_count
         self._owners: dict[int, str] = {}
         self._known: list[str] = list(settings.agents_seed_urls)
+        # workers the owner map stopped naming -> until when (loop time) a copy read still
+        # asks them: one that was told to stop answers for what it served (streams.handover)
+        self._departed: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.abandoned: str | None = None
@@ -88,8 +92,11 @@ class UserStates:
         """While the partition's owner cannot answer (it moves, or died and the group has
         not noticed yet): the first worker whose copy of the partition holds every record of
         its changelog answers (streams/reads.py); None when none does."""
-        urls = list(dict.fromkeys(self._known + list(self._owners.values())))
-        left = min(deadline - asyncio.get_running_loop().time(), COPY_TIMEOUT_S)
+        now = asyncio.get_running_loop().time()
+        self._departed = {url: until for url, until in self._departed.items() if until > now}
+        urls = list(dict.fromkeys(self._known + list(self._owners.values())
+                                  + list(self._departed)))
+        left = min(deadline - now, COPY_TIMEOUT_S)
         if not urls or left <= 0:
             return None
         params = {"partition": str(partition), "key": key.decode(), "copy": "1"}
@@ -230,7 +237,10 @@ class UserStates:
             return
         owners = {int(p): url.rstrip("/") for p, url in best["owners"].items()}
         self._owners = owners
-        self._known = list(dict.fromkeys(self.settings.agents_seed_urls + list(owners.values())))
+        known = list(dict.fromkeys(self.settings.agents_seed_urls + list(owners.values())))
+        until = asyncio.get_running_loop().time() + DEPARTED_S
+        self._departed |= {url: until for url in self._known if url not in known}
+        self._known = known
 
     async def _owners_of(self, url: str) -> dict[str, Any] | None:
         try:

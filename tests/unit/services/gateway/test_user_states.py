@@ -166,3 +166,24 @@ def test_no_owner_in_time_is_state_unavailable_never_an_empty_state() -> None:
         await users.close()
 
     run(test)
+
+
+def test_a_worker_the_map_stopped_naming_is_still_asked_for_its_copy() -> None:
+    """A worker told to stop leaves the owner map at once but answers for what it served
+    until the new owner serves it (streams/handover.py): the gateway keeps asking it."""
+    async def test(a: FakeWorker, b: FakeWorker) -> None:
+        a.owners = b.owners = {p: a.url for p in range(PARTITIONS)}
+        a.serving, a.records = set(range(PARTITIONS)), {KEY: record(3)}
+        users = states(b.url)  # a is known only from the map
+        assert (await users.get(KEY)).events == 3  # type: ignore[union-attr]
+        # a stops: the map names b, still recovering; a answers as a copy
+        a.serving, a.copies = set(), set(range(PARTITIONS))
+        a.owners = b.owners = {p: b.url for p in range(PARTITIONS)}
+        a.generation = b.generation = 2
+        assert (await users.get(KEY)).events == 3  # type: ignore[union-attr]
+        # the next read learns the new map first (which no longer names a): a still answers
+        assert (await users.get(KEY)).events == 3  # type: ignore[union-attr]
+        assert a.asked[-1] == "copy" and b.asked[-2:] == ["user", "copy"]
+        await users.close()
+
+    run(test)

@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             state = user_reads.run(boot, work, args.state_users, args.seconds)
         with tansu(work, "scaling", tansu_peaks) as boot:
             log.log("11. agents scaled 1 -> 3 under a load one worker cannot hold, "
-                    f"{scaling.READERS} readers; then a SIGKILL and a SIGTERM")
-            scaled = scaling.run(boot, work)
+                    f"{scaling.READERS} readers; then a SIGKILL and a SIGTERM; again at "
+                    f"{scaling.MODERATE_SHARE}x")
+            scaled = scaling.run_both(boot, work)
         log.log("12. TLS: the gateway and one agents worker, plaintext then through TLS")
         tls_costs = tls.run(work, args.seconds, args.agents_events)
         log.log(f"13. soak: sluice up at {args.soak_share:.0%} of its capacity for "

@@ -152,7 +152,8 @@ class LocalStates:
         self.table = table
         self.store = table.data  # Faust's store: faust.stores.rocksdb.Store or memory.Store
         self.on_disk = settings.agents_store == "rocksdb"
-        # partition -> the database of a partition this worker lost at the last assignment
+        # partition -> a database Faust let go of: a partition this worker lost at the last
+        # assignment, or every one when Faust stopped the table (see _keep_lost_copies)
         self.kept: dict[int, Any] = {}
         if self.on_disk:
             import rocksdict

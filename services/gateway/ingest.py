@@ -2,8 +2,8 @@
 
 Every dialect adapter turns its request into canonical event dicts (user_id,
 event_timestamp, event_type, asset_id, labels, and any of the optional fields, but none
-of the fields the server owns: program_id, event_id, received_at, the flags, source,
-asset_labels) and calls
+of the fields the server owns: program_id, event_id (unless the dialect made up the
+client's id: validate.made_up_ids), received_at, the flags, source, asset_labels) and calls
 :func:`ingest`; it fills in what the server owns, bundles the events per partition (see
 :mod:`services.shared.events`), publishes with acks=all and, for ``queue_updates=false``, waits for the
 agents, or for ``wait=stored``, for the sink's group to commit past the batch. Failures
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -85,10 +85,7 @@ async def ingest(
         lines = _api_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
                            f"{program_id}\x1f{source}\x1f")
     else:
-        # a server id only for the events without the client's own (PostHog and Segment
-        # events always have one): a random id costs a system call
-        ids = new_event_ids(sum(not e.get("client_event_id") for e in events))  # type: ignore[union-attr]
-        lines = _canonical_lines(events, ids, asset_labels, tail,  # type: ignore[arg-type]
+        lines = _canonical_lines(events, asset_labels, tail,  # type: ignore[arg-type]
                                  f"{program_id}\x1f{source}\x1f")
     partitions = gateway.publisher.partition_count()
     partition_of: dict[str, int] = {}
@@ -149,19 +146,26 @@ def _api_lines(events: list[ApiEvent], ids: list[str], asset_labels: Callable[[s
     return out
 
 
-def _canonical_lines(events: list[dict[str, Any]], ids: list[str],
-                     asset_labels: Callable[[str], list[str]], tail: bytes,
-                     client_id_prefix: str) -> list[tuple[str, bytes]]:
+def _canonical_lines(events: list[dict[str, Any]], asset_labels: Callable[[str], list[str]],
+                     tail: bytes, client_id_prefix: str) -> list[tuple[str, bytes]]:
     """(user, wire line) of each dialect's canonical event dict. A client's own event id
-    gives a deterministic event_id (see CLIENT_ID_NAMESPACE); ``ids`` are the fresh ones of
-    the events without."""
+    gives a deterministic event_id (see CLIENT_ID_NAMESPACE); an event that comes with its
+    event_id (one whose client id the dialect made up: validate.made_up_ids) keeps it; the
+    others get fresh ones, drawn together when the first of them is met."""
     dumps, options = orjson.dumps, ENCODE_OPTIONS
-    fresh = iter(ids)  # one for each event without a client id
+    fresh: Iterator[str] | None = None
     out = []
     for event in events:
-        client_id = event.get("client_event_id")
-        event["event_id"] = (client_event_uuid(f"{client_id_prefix}{client_id}")
-                             if client_id else next(fresh))
+        if event.get("event_id") is None:
+            client_id = event.get("client_event_id")
+            if client_id:
+                event["event_id"] = client_event_uuid(f"{client_id_prefix}{client_id}")
+            else:
+                if fresh is None:
+                    fresh = iter(new_event_ids(sum(not e.get("event_id")
+                                                   and not e.get("client_event_id")
+                                                   for e in events)))
+                event["event_id"] = next(fresh)
         event["asset_labels"] = asset_labels(event["asset_id"])
         out.append((event["user_id"], dumps(event, option=options)[:-1] + tail))
     return out

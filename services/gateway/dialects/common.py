@@ -26,7 +26,7 @@ from services.gateway.auth import BEARER, AuthError, authorize, check_bearer
 from services.gateway.backpressure import Backpressured
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.errors import PayloadTooLarge, StateUnavailable, UpdateTimeout
-from services.gateway.validate import MAX_LABELS, time_ordered_id
+from services.gateway.validate import MAX_LABELS
 from services.shared.publish import BrokerUnavailable
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -190,11 +190,6 @@ def key_program(gateway: Gateway, key: str | None) -> str:
         raise AuthError(401, f"API key {record.id} was revoked")
     authorize(record, None, "write")
     return record.program
-
-
-def uuid7() -> str:
-    """A time-ordered id for an event whose client sent none (as PostHog's capture does)."""
-    return time_ordered_id()
 
 
 def text_id(value: Any) -> str | None:

@@ -57,9 +57,9 @@ from services.gateway.dialects.common import (
     labels_of,
     skew_corrected,
     text_id,
-    uuid7,
 )
 from services.gateway.ingest import ingest
+from services.gateway.validate import made_up_ids
 
 SOURCE = "posthog"
 PREFIX = "/compat/posthog"
@@ -185,9 +185,9 @@ def canonical(event: Any, where: str, now: datetime,
         user = text_id(properties.get("distinct_id"))
     if not user or len(user) > MAX_ID:
         raise _invalid(f"{where}distinct_id: required, a string of 1 to {MAX_ID} characters")
-    client_id = event.get("uuid")
+    client_id, event_id = event.get("uuid"), None
     if client_id is None:
-        client_id = uuid7()
+        client_id, event_id = made_up_ids()
     elif not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID:
         raise _invalid(f"{where}uuid: must be a string of 1 to {MAX_ID} characters")
     properties.pop("token", None)  # the write key: never stored
@@ -200,6 +200,7 @@ def canonical(event: Any, where: str, now: datetime,
         "asset_id": asset_of(properties),
         "labels": labels_of(properties.get("labels")),
         "client_event_id": client_id,
+        "event_id": event_id,
         "properties": json_text(properties),
     }
 

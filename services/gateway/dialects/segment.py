@@ -58,9 +58,9 @@ from services.gateway.dialects.common import (
     labels_of,
     skew_corrected,
     text_id,
-    uuid7,
 )
 from services.gateway.ingest import ingest
+from services.gateway.validate import made_up_ids
 
 SOURCE = "segment"
 PREFIX = "/compat/segment"
@@ -150,9 +150,9 @@ def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
         value = context if field == "context" else message.get(field)
         if value:
             properties[name] = value
-    client_id = message.get("messageId")
+    client_id, event_id = message.get("messageId"), None
     if client_id is None:
-        client_id = uuid7()
+        client_id, event_id = made_up_ids()
     elif not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID:
         raise _invalid(f"{where}messageId: must be a string of 1 to {MAX_ID} characters")
     base = _times(message, where, now, batch_sent_at) | {
@@ -166,7 +166,8 @@ def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
         return [base | {
             "asset_id": asset_of(properties) or asset_of(properties, "product_id"),
             "labels": labels_of(properties.get("category"), properties.get("labels")),
-            "client_event_id": client_id, "properties": json_text(properties)}]
+            "client_event_id": client_id, "event_id": event_id,
+            "properties": json_text(properties)}]
     return [base | {
         "asset_id": asset_of(p) or asset_of(p, "product_id"),
         "labels": labels_of(p.get("category"), p.get("labels"), properties.get("labels")),

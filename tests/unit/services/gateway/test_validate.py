@@ -92,7 +92,8 @@ def test_actionhubs_wire_lines_are_what_the_dialects_path_writes(ts: str) -> Non
     labels = {"a": ["shoes", "red"]}.get
     [(user, fast)] = _api_lines([event], ["id-1"], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
     del as_dict["event_id"]  # None: the client gave none
-    [(_, slow)] = _canonical_lines([as_dict], ["id-1"], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
+    as_dict["event_id"] = "id-1"  # as a dialect that made up the client's id gives it
+    [(_, slow)] = _canonical_lines([as_dict], lambda a: labels(a) or [], tail, "p\x1fs\x1f")
     assert user == "u" and fast == slow
     assert orjson.loads(fast) == {**raw, "event_timestamp": orjson.loads(orjson.dumps(
         as_dict["event_timestamp"], option=orjson.OPT_UTC_Z)), "event_id": "id-1",
@@ -111,7 +112,7 @@ def test_a_client_event_id_gives_the_same_event_id_on_both_paths_and_on_a_retry(
         [(_, fast)] = _api_lines([event], [server_id], lambda a: [], tail, "p\x1factionhub\x1f")
         lines.append(orjson.loads(fast))
     as_dict = GOOD | {"client_event_id": "click-42", "labels": list(GOOD["labels"])}
-    [(_, slow)] = _canonical_lines([as_dict], ["id-3"], lambda a: [], tail, "p\x1factionhub\x1f")
+    [(_, slow)] = _canonical_lines([as_dict], lambda a: [], tail, "p\x1factionhub\x1f")
     first, retry = lines
     assert first["client_event_id"] == retry["client_event_id"] == "click-42"
     assert first["event_id"] == retry["event_id"] == orjson.loads(slow)["event_id"]
@@ -119,6 +120,21 @@ def test_a_client_event_id_gives_the_same_event_id_on_both_paths_and_on_a_retry(
     other = parse_event_list(body(GOOD | {"event_id": "click-43"}))
     [(_, line)] = _api_lines(other, ["id-4"], lambda a: [], tail, "p\x1factionhub\x1f")
     assert orjson.loads(line)["event_id"] != first["event_id"]
+
+
+def test_the_dialects_path_gives_each_event_its_own_event_id() -> None:
+    """A client's id -> the derived event_id; a made-up one's event_id kept; the others
+    fresh random ones, each its own, wherever they stand in the request."""
+    from services.gateway.ingest import _canonical_lines, client_event_uuid
+
+    events = [GOOD | {"n": 0}, GOOD | {"event_id": "kept", "client_event_id": "made-up"},
+              GOOD | {"client_event_id": "c-1"}, GOOD | {"n": 3}, GOOD | {"n": 4}]
+    lines = [orjson.loads(line) for _, line in _canonical_lines(
+        events, lambda a: [], b',"program_id":"p"}', "p\x1fs\x1f")]
+    ids = [line["event_id"] for line in lines]
+    assert ids[1] == "kept" and ids[2] == client_event_uuid("p\x1fs\x1fc-1")
+    fresh = [uuid.UUID(ids[i]) for i in (0, 3, 4)]
+    assert [u.version for u in fresh] == [4, 4, 4] and len(set(ids)) == 5
 
 
 def test_a_null_event_id_is_no_id() -> None:
@@ -158,3 +174,23 @@ def test_a_forked_child_draws_random_bytes_of_its_own() -> None:
     child = os.read(read, 16)
     os.waitpid(pid, 0)
     assert len(child) == 16 and child != _RANDOM.take(16)
+
+
+def test_a_forked_child_hands_out_ready_ids_of_its_own() -> None:
+    """The ready-made ids too (a single event's): a child never repeats its parent's."""
+    import os
+
+    from services.gateway.validate import made_up_ids, new_event_ids
+
+    new_event_ids(1)  # the parent's ready ids are made before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, ",".join(new_event_ids(3) + list(made_up_ids())).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode().split(",")
+    os.waitpid(pid, 0)
+    parent = new_event_ids(3) + list(made_up_ids())
+    assert len(child) == 5 and not set(child) & set(parent)
+    assert not {i[15:] for i in child} & {i[15:] for i in parent}

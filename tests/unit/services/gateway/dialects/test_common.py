@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from services.gateway.auth import AuthError
-from services.gateway.dialects.common import asset_of, gunzip, key_program, labels_of, uuid7
+from services.gateway.dialects.common import asset_of, gunzip, key_program, labels_of
 from services.gateway.errors import PayloadTooLarge
 from services.gateway.keys import KeyRing
+from services.gateway.validate import made_up_ids
 
 
 def test_gunzip_inflates_within_the_limit_and_refuses_a_bomb() -> None:
@@ -49,18 +50,22 @@ def test_the_key_names_the_program(tmp_path: Path) -> None:
         assert refused.value.status == status
 
 
-def test_uuid7_is_time_ordered() -> None:
-    """Ordered by their milliseconds (RFC 9562; within one millisecond the rest is random,
-    which the RFC allows: nothing in Sluice orders by it), each on the clock."""
+def test_made_up_ids_are_a_time_ordered_client_id_and_a_random_event_id() -> None:
+    """The client id is ordered by its milliseconds (RFC 9562; within one millisecond the
+    rest is random, which the RFC allows: nothing in Sluice orders by it), on the clock; the
+    event_id beside it is a random version 4, unlike it, and no two pairs share either."""
     import time
 
-    first = uuid.UUID(uuid7())
+    first, first_event = map(uuid.UUID, made_up_ids())
     time.sleep(0.002)
-    second = uuid.UUID(uuid7())
+    second, second_event = map(uuid.UUID, made_up_ids())
     assert first.version == second.version == 7 and first.variant == uuid.RFC_4122
+    assert first_event.version == second_event.version == 4
+    assert first_event.variant == second_event.variant == uuid.RFC_4122
     assert first < second
     assert abs((second.int >> 80) / 1000 - time.time()) < 1  # milliseconds of now
-    assert len({uuid7() for _ in range(10_000)}) == 10_000
+    pairs = [made_up_ids() for _ in range(10_000)]
+    assert len({i for pair in pairs for i in pair}) == 20_000
 
 
 def test_asset_and_labels_are_taken_only_when_well_formed() -> None:

@@ -10,6 +10,16 @@ from starlette.requests import ClientDisconnect
 from services.gateway.errors import PayloadTooLarge, invalid
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """A header's first value, ``name`` in lowercase as ASGI gives names, read straight from
+    the scope: ``request.headers`` builds a Headers object and lowercases and encodes the
+    name at each get (with Request's own work, ~5% of a single-event request, py-spy)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
 def json_body_doc(schema: dict[str, Any]) -> dict[str, Any]:
     """``openapi_extra`` documenting a required JSON body of ``schema``, for the routes that
     read the raw body themselves (so FastAPI cannot infer it)."""
@@ -17,7 +27,7 @@ def json_body_doc(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
-    content_type = request.headers.get("content-type", "")
+    content_type = header(request, b"content-type") or ""
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise invalid(
@@ -33,7 +43,7 @@ async def read_json_body(request: Request, limit: int) -> bytes:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, whatever its type; PayloadTooLarge past ``limit`` bytes (declared or sent)."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
     # straight from the ASGI receive (Starlette's request.stream() is an async generator

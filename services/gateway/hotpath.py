@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from services.gateway.auth import AuthError, check_bearer
+from services.gateway.body import header
 from services.gateway.deps import Gateway
 from services.gateway.dialects import crowdpower, personalize, posthog, retail, segment, userflux
 from services.gateway.observe import count
@@ -73,7 +74,7 @@ _UNSEEN: Any = object()
 
 
 def _program(request: Request) -> str | None:
-    program = request.headers.get("program-id")
+    program = header(request, b"program-id")
     return program if program and len(program) <= MAX_PROGRAM_ID else None
 
 
@@ -82,7 +83,7 @@ def _key_ok(gateway: Gateway, request: Request, program: str | None) -> bool:
     if gateway.keys is None:
         return True
     try:
-        check_bearer(gateway, request.headers.get("authorization"), program, "write")
+        check_bearer(gateway, header(request, b"authorization"), program, "write")
     except AuthError:
         return False
     return True
@@ -123,16 +124,16 @@ def _dialect(endpoint: Callable[..., Awaitable[Response]],
 
     async def call(request: Request, gateway: Gateway) -> Response | None:
         query = _query(request.scope, known)
-        header = request.headers.get("program-id") or None
+        named = header(request, b"program-id") or None
         if query is None:
             return None
-        program = header
+        program = named
         if gateway.keys is not None:
             try:
-                key = check_bearer(gateway, request.headers.get("authorization"), header, "write")
+                key = check_bearer(gateway, header(request, b"authorization"), named, "write")
             except AuthError:
                 return None
-            program = header or (key.program if key else None)
+            program = named or (key.program if key else None)
         if not program:
             return None
         return await endpoint(request, gateway, program, **query)

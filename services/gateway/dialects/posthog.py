@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
-from services.gateway.body import json_body_doc, read_body
+from services.gateway.body import header, json_body_doc, read_body
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.dialects.common import (
     GZIP_MAGIC,
@@ -257,13 +257,13 @@ async def capture(request: Request, gateway: GatewayDep) -> Response:
 
 async def accept(request: Request, gateway: Gateway) -> Response:
     limit = gateway.settings.max_body_bytes
-    headers = request.headers
     # the SDKs' batches come without a query: parsing none saves a few percent a request
     query = request.query_params if request.scope.get("query_string") else {}
     parsed = decode(
         await read_body(request, limit), compression=query.get("compression"),
-        encoding=headers.get("content-encoding", "").lower(), limit=limit,
-        form=headers.get("content-type", "").startswith("application/x-www-form-urlencoded"))
+        encoding=(header(request, b"content-encoding") or "").lower(), limit=limit,
+        form=(header(request, b"content-type") or "").startswith(
+            "application/x-www-form-urlencoded"))
     events, where, batch_token = events_of(parsed)
     program_id = key_program(gateway, token_of(events, batch_token, where))
     now = datetime.now(UTC)

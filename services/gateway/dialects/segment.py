@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
-from services.gateway.body import json_body_doc, read_body
+from services.gateway.body import header, json_body_doc, read_body
 from services.gateway.deps import Gateway, GatewayDep
 from services.gateway.dialects.common import (
     GZIP_MAGIC,
@@ -228,13 +228,13 @@ async def accept(request: Request, gateway: Gateway, kind: str | None) -> Respon
     """A batch (``kind`` None) or one message of type ``kind``."""
     limit = gateway.settings.max_body_bytes
     body = await read_body(request, limit)
-    if "gzip" in request.headers.get("content-encoding", "").lower() or body[:2] == GZIP_MAGIC:
+    if "gzip" in (header(request, b"content-encoding") or "").lower() or body[:2] == GZIP_MAGIC:
         try:
             body = gunzip(body, limit)
         except ValueError as exc:
             raise _invalid(str(exc)) from None
     parsed, messages = parse(body, kind)
-    program_id = key_program(gateway, write_key(request.headers.get("authorization"), parsed))
+    program_id = key_program(gateway, write_key(header(request, b"authorization"), parsed))
     now, shared = datetime.now(UTC), None if kind else parsed.get("context")
     sent_at = None if kind else parsed.get("sentAt")
     events = [event for i, message in enumerate(messages)

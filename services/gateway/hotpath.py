@@ -110,10 +110,9 @@ async def _actionhub(request: Request, gateway: Gateway) -> Response | None:
 
 def _self_keyed(endpoint: Callable[[Request, Gateway], Awaitable[Response]]) -> Call:
     """A route that finds and checks its key itself: Personalize's SigV4 signature,
-    PostHog's token and Segment's write key (in the body or HTTP Basic)."""
-    async def call(request: Request, gateway: Gateway) -> Response | None:
-        return await endpoint(request, gateway)
-    return call
+    PostHog's token and Segment's write key (in the body or HTTP Basic). Called as it is:
+    each coroutine wrapped around another is resumed again when the broker acks."""
+    return endpoint
 
 
 def _dialect(endpoint: Callable[..., Awaitable[Response]],

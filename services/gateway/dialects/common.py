@@ -203,7 +203,10 @@ def text_id(value: Any) -> str | None:
 
 def asset_of(properties: dict[str, Any], key: str = "asset_id") -> str:
     """The asset an event names in ``properties[key]`` (a string or number), else ""."""
-    asset = text_id(properties.get(key))
+    asset = properties.get(key)
+    if asset is None:  # most events of most apps: no function call
+        return ""
+    asset = text_id(asset)
     return asset if asset and len(asset) <= MAX_ID else ""
 
 
@@ -213,6 +216,8 @@ def labels_of(*values: Any) -> list[str]:
     app's own and keep every value anyway."""
     labels: list[str] = []
     for value in values:
+        if value is None:
+            continue
         for label in value if isinstance(value, list) else (value,):
             if (isinstance(label, str) and 0 < len(label) <= MAX_LABEL
                     and label not in labels and len(labels) < MAX_LABELS):

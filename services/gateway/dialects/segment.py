@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NotRequired
 
 import orjson
@@ -70,6 +71,7 @@ TYPES = ("track", "identify", "page", "screen", "group", "alias")
 # message field -> the property it is kept as
 EXTRAS = {"traits": "$traits", "context": "$context", "name": "$name", "groupId": "$groupId",
           "previousId": "$previousId"}
+REQUIRED = {"alias": "previousId", "group": "groupId"}  # a type -> the field it needs
 _CODES = {401: "unauthorized", 403: "forbidden", 413: "payload_too_large",
           503: "service_unavailable", 504: "timeout"}
 
@@ -139,7 +141,7 @@ def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
     event_type = message.get("event") if kind == "track" else kind
     if not isinstance(event_type, str) or not 0 < len(event_type) <= MAX_ID:
         raise _invalid(f"{where}event: a track needs an event name of 1 to {MAX_ID} characters")
-    required = {"alias": "previousId", "group": "groupId"}.get(kind)
+    required = REQUIRED.get(kind)
     if required and not _id(message, required, where):
         raise _invalid(f"{where}{required}: required for {kind}")
     properties = dict(_object(message, "properties", where))
@@ -155,11 +157,11 @@ def canonical(message: Any, kind: str | None, where: str, shared_context: Any,
         client_id, event_id = made_up_ids()
     elif not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID:
         raise _invalid(f"{where}messageId: must be a string of 1 to {MAX_ID} characters")
-    base = _times(message, where, now, batch_sent_at) | {
-        "user_id": user or anonymous,
-        "anonymous_id": anonymous or "",
-        "event_type": event_type,
-    }
+    event_ts, client_ts = _times(message, where, now, batch_sent_at)
+    base = {"event_timestamp": event_ts, "user_id": user or anonymous,
+            "anonymous_id": anonymous or "", "event_type": event_type}
+    if client_ts is not None:
+        base["client_timestamp"] = client_ts
     products = properties.get("products")
     items = [p for p in products if isinstance(p, dict)] if isinstance(products, list) else []
     if not items:
@@ -195,19 +197,24 @@ def _object(message: dict[str, Any], field: str, where: str) -> dict[str, Any]:
 
 
 def _times(message: dict[str, Any], where: str, now: datetime,
-           batch_sent_at: Any) -> dict[str, Any]:
-    """event_timestamp corrected for the client's clock by ``sentAt`` (the message's, else
-    the batch's), and client_timestamp as the client sent it."""
-    for field in ("timestamp", "originalTimestamp"):
-        value = message.get(field)
+           batch_sent_at: Any) -> tuple[datetime, datetime | None]:
+    """(event_timestamp, client_timestamp): the client's time (``timestamp``, else
+    ``originalTimestamp``) as it sent it, and corrected for its clock by ``sentAt`` (the
+    message's, else the batch's); receipt time and None when it sent none."""
+    value = message.get("timestamp")
+    field = "timestamp"
+    if value is None:
+        value, field = message.get("originalTimestamp"), "originalTimestamp"
         if value is None:
-            continue
-        ts = iso_time(value)
-        if ts is None:
-            raise _invalid(f"{where}{field}: must be an ISO 8601 time of years 1900 to 2299")
-        sent_at = iso_time(message.get("sentAt")) or iso_time(batch_sent_at)
-        return {"event_timestamp": skew_corrected(ts, sent_at, now), "client_timestamp": ts}
-    return {"event_timestamp": now}
+            return now, None
+    ts = iso_time(value)
+    if ts is None:
+        raise _invalid(f"{where}{field}: must be an ISO 8601 time of years 1900 to 2299")
+    sent = message.get("sentAt")
+    sent_at = None if sent is None else iso_time(sent)
+    if sent_at is None and batch_sent_at is not None:
+        sent_at = iso_time(batch_sent_at)
+    return skew_corrected(ts, sent_at, now), ts
 
 
 # -- HTTP ---------------------------------------------------------------------------------
@@ -277,16 +284,13 @@ def _endpoint(name: str, kind: str | None) -> Any:
     async def endpoint(request: Request, gateway: GatewayDep) -> Response:
         return await accept(request, gateway, kind)
 
-    async def hot(request: Request, gateway: Gateway) -> Response:
-        return await accept(request, gateway, kind)
-
     endpoint.__name__ = f"segment_{name}"
     schema = SegmentBatch if kind is None else SegmentMessage
     router.add_api_route(
         f"/v1/{name}", endpoint, methods=["POST"], response_class=Response,
         summary=name.capitalize(), responses=_RESPONSES,
         openapi_extra=json_body_doc(inline_defs(TypeAdapter(schema).json_schema())))
-    return hot
+    return partial(accept, kind=kind)  # the hot path's: no coroutine around accept's
 
 
 # path -> call: the routes, and the hot path's list of them (services.gateway.hotpath)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -27,7 +27,7 @@ import orjson
 from services.gateway.deps import Gateway
 from services.gateway.errors import StillPending, UpdateTimeout
 from services.gateway.receipts import Level, Receipt, highest_offsets
-from services.gateway.validate import ApiEvent, new_event_ids, uuid_text
+from services.gateway.validate import ApiEvent, new_event_id, new_event_ids, uuid_text
 from services.shared.events import ENCODE_OPTIONS, message_key, partition_for
 from services.shared.metrics import accepted
 
@@ -151,21 +151,14 @@ def _canonical_lines(events: list[dict[str, Any]], asset_labels: Callable[[str],
     """(user, wire line) of each dialect's canonical event dict. A client's own event id
     gives a deterministic event_id (see CLIENT_ID_NAMESPACE); an event that comes with its
     event_id (one whose client id the dialect made up: validate.made_up_ids) keeps it; the
-    others get fresh ones, drawn together when the first of them is met."""
+    others get fresh ones."""
     dumps, options = orjson.dumps, ENCODE_OPTIONS
-    fresh: Iterator[str] | None = None
     out = []
     for event in events:
         if event.get("event_id") is None:
             client_id = event.get("client_event_id")
-            if client_id:
-                event["event_id"] = client_event_uuid(f"{client_id_prefix}{client_id}")
-            else:
-                if fresh is None:
-                    fresh = iter(new_event_ids(sum(not e.get("event_id")
-                                                   and not e.get("client_event_id")
-                                                   for e in events)))
-                event["event_id"] = next(fresh)
+            event["event_id"] = (client_event_uuid(f"{client_id_prefix}{client_id}")
+                                 if client_id else new_event_id())
         event["asset_labels"] = asset_labels(event["asset_id"])
         out.append((event["user_id"], dumps(event, option=options)[:-1] + tail))
     return out

@@ -43,7 +43,7 @@ from bench.agents import USER_POOL, AgentsProcess, env_for
 from bench.gateway import GatewayProcess
 from bench.payload import PROGRAM, event_count, users_body, wire_batch, wire_headers
 from bench.procs import stop_process
-from services.embedded import EMBEDDED_SESSION_TIMEOUT_S
+from services.embedded_processes import EMBEDDED_SESSION_TIMEOUT_S
 from services.shared.broker import free_port
 from services.shared.kafka import ensure_topics, produce_waiting, producer_config
 from services.shared.lag import group_lag, offsets_reader

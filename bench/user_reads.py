@@ -39,7 +39,7 @@ from bench.gateway import GatewayProcess
 from bench.payload import LABELS, PROGRAM
 from bench.procs import peak_rss_mib
 from bench.state_store import prefill, rss_mib, wait_stats
-from services.embedded import EMBEDDED_SESSION_TIMEOUT_S
+from services.embedded_processes import EMBEDDED_SESSION_TIMEOUT_S
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.kafka import ensure_topics
 from streams.store import store_bytes

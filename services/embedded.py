@@ -36,15 +36,11 @@ broker.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from types import FrameType
 
 import uvicorn
@@ -53,6 +49,7 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from services import verify_commands
+from services.embedded_processes import ports_taken, start_agents, wait_for_agents
 from services.gateway.app import create_app
 from services.shared import kafka_security
 from services.shared.broker import EmbeddedBroker
@@ -61,7 +58,6 @@ from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.logs import log_config
-from services.shared.processes import port_taken, tied_to_this_process, who_listens
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
@@ -93,26 +89,6 @@ def run_embedded(settings: Settings) -> None:
     code = Supervisor(settings, console).run()
     if code:
         raise SystemExit(code)
-
-
-def ports_taken(settings: Settings) -> list[str]:
-    """One line per port that ``sluice up`` needs and finds held, naming the holder."""
-    wanted = [("SLUICE_HTTP_PORT", "the gateway", settings.http_host, settings.http_port)]
-    if settings.agents_web_port:
-        wanted.append(("SLUICE_AGENTS_WEB_PORT", "the agents' web page", settings.http_host,
-                       settings.agents_web_port))
-    if not settings.kafka_bootstrap:
-        wanted.append(("SLUICE_EMBEDDED_BROKER_PORT", "the embedded broker",
-                       settings.embedded_broker_host, settings.embedded_broker_port))
-    lines: list[str] = []
-    seen: dict[int, str] = {}
-    for var, what, host, port in wanted:
-        if port in seen:
-            lines.append(f"{var} and {seen[port]} are both {port}")
-        elif port_taken(host, port):
-            lines.append(f"port {port} ({what}, {var}) is taken by {who_listens(port)}")
-        seen[port] = var
-    return lines
 
 
 class _Stop(Exception):
@@ -397,48 +373,3 @@ class Supervisor:
         log.warning("serving again %.1f s after the broker's death (%.1f s to stop the old "
                     "generation, %.1f s to start the next)", time.monotonic() - began,
                     stopped - began, time.monotonic() - stopped)
-
-
-def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,
-                    timeout_s: float = 60.0) -> None:
-    """Open the gateway once the worker owns its partitions (its group join takes a few
-    seconds), so the first ``queue_updates=false`` POST does not wait for the join."""
-    if settings.agents_web_port == 0:
-        return
-    deadline = time.monotonic() + timeout_s
-    with console.status("agents: joining their consumer group..."):
-        while time.monotonic() < deadline and agents.poll() is None:
-            if (owned_partitions(settings) or 0) > 0:
-                return
-            time.sleep(0.1)
-    console.print("[yellow]the agents own no partitions yet: queue_updates=false requests wait "
-                  f"for them (see {settings.data_dir / 'agents.log'})[/]")
-
-
-def owned_partitions(settings: Settings) -> int | None:
-    """Source partitions the worker serving ``settings.agents_web_port`` owns now; None
-    while its stats page is not up."""
-    url = f"http://{settings.http_host}:{settings.agents_web_port}/stats"
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return int(json.load(response)["partitions"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-EMBEDDED_SESSION_TIMEOUT_S = 3.0
-
-
-def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
-    """The Faust worker in its own process (Faust owns its event loop and signals); it
-    dies with this process. Call from the main thread (see services.shared.processes)."""
-    env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
-    # a killed worker's restart waits out its old session first: Tansu takes sessions
-    # shorter than Apache Kafka's minimum (group.min.session.timeout.ms, 6 s); measured on
-    # Tansu, SIGKILL -> serving again: 13 s with 6 s sessions, 4 s with 3 s
-    env.setdefault("SLUICE_AGENTS_SESSION_TIMEOUT_S", str(EMBEDDED_SESSION_TIMEOUT_S))
-    with open(settings.data_dir / "agents.log", "ab") as log_file:  # the child keeps its copy
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "agents"], env=env,
-            stdout=log_file, stderr=subprocess.STDOUT, **tied_to_this_process(),
-        )

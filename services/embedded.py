@@ -28,8 +28,13 @@ broker.
   old broker's positions). On the broker's death the supervisor ends the generation
   (the agents are killed at once, so they write nothing stale into the new broker; the
   gateway stops; the sink writes what it had already fetched), then starts the next one
-  on the same ports and the same Store. Meanwhile the HTTP port is closed: clients see
-  refused connections, then 200s again. The ClickHouse store outlives generations.
+  on the same ports and the same Store. Meanwhile the HTTP server stays up (it serves
+  each generation's gateway app in turn: services.embedded_gateway): requests wait on
+  their connections and the next gateway answers them. The ClickHouse store outlives
+  generations.
+- **The embedded broker is rolled over** before its memory reaches the bound: a planned
+  generation that drains everything first and carries user state and dead letters over
+  (services.broker_roll).
 - **SIGTERM and SIGINT stop it with exit 0 in any phase**: while a generation starts they
   unwind it; while it serves they stop it in the order above.
 """
@@ -49,6 +54,8 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from services import verify_commands
+from services.broker_roll import Carried, agents_caught_up, read_carried, roll_at, write_carried
+from services.embedded_gateway import Generations
 from services.embedded_processes import ports_taken, start_agents, wait_for_agents
 from services.gateway.app import create_app
 from services.shared import kafka_security
@@ -58,6 +65,7 @@ from services.shared.gc_tuning import tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.logs import log_config
+from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
@@ -124,6 +132,10 @@ class Supervisor:
         self.server: uvicorn.Server | None = None
         self.app: FastAPI | None = None
         self.server_thread: threading.Thread | None = None
+        # one server for the whole run, serving each generation's gateway app in turn:
+        # between two, requests wait on their open connections (services.embedded_gateway)
+        self.generations = Generations(settings.retry_after_s)
+        self.roll_at = roll_at(settings) if self.broker else None
         self.rows_written = 0
         self.stopping = threading.Event()
         self._unwind_on_signal = True  # while starting: a signal raises _Stop
@@ -152,7 +164,7 @@ class Supervisor:
         finally:
             self._unwind_on_signal = False
             try:
-                self._stop_generation()
+                self._stop_generation(final=True)
                 self.console.print(f"stopped; the sink wrote {self.rows_written} rows this run")
                 if self.console.quiet:  # JSON logs: say it there
                     log.info("stopped; the sink wrote %d rows this run", self.rows_written)
@@ -164,7 +176,8 @@ class Supervisor:
         return self.exit_code
 
     # -- a generation -------------------------------------------------------------------
-    def _start(self, first: bool) -> None:
+    def _start(self, first: bool, carried: Carried | None = None) -> None:
+        """``carried``: a roll's state from the old broker; None: rebuilt from ClickHouse."""
         settings, console = self.settings, self.console
         self._unwind_on_signal = True
         if self.stopping.is_set():
@@ -176,14 +189,20 @@ class Supervisor:
             self.store = Store(settings)
             # verify on its own store (chDB admits no other process): sluice_verify_* on /metrics
             verify_commands.Periodic(settings, self.store).start()
-        # The broker starts empty: bring back what ClickHouse holds before going live.
-        rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
-        if (rebuilt.events or rebuilt.assets) and console.quiet:
-            log.info("restored %d users (%d events) and %d assets from ClickHouse",
-                     rebuilt.users, rebuilt.events, rebuilt.assets)
-        elif rebuilt.events or rebuilt.assets:
-            console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
-                          f"{rebuilt.assets} assets from ClickHouse")
+        # The broker starts empty: bring back what ClickHouse holds before going live (or,
+        # rolling it over, what the old one held: services.broker_roll).
+        if carried is not None:
+            rebuilt = write_carried(settings, self.store, carried)
+            log.info("roll: carried %d users (%d events) and %d dead-letter records",
+                     rebuilt.users, rebuilt.events, sum(map(len, carried.letters.values())))
+        else:
+            rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
+            if (rebuilt.events or rebuilt.assets) and console.quiet:
+                log.info("restored %d users (%d events) and %d assets from ClickHouse",
+                         rebuilt.users, rebuilt.events, rebuilt.assets)
+            elif rebuilt.events or rebuilt.assets:
+                console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
+                              f"{rebuilt.assets} assets from ClickHouse")
         if self.broker:
             # the agents' local stores hold offsets into the previous broker's changelog,
             # which is gone: the new worker recovers the rebuilt state from the new one
@@ -241,8 +260,13 @@ class Supervisor:
         broker = self.broker
         self.app = create_app(self.settings, self.store,
                               broker_bytes=broker.memory_bytes if broker else None)
+        if self.server is None:
+            self._start_server()
+        self.generations.switch_to(self.app, STOP_WAIT_S)
+
+    def _start_server(self) -> None:
         server = self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host=self.settings.http_host,
+            self.generations, host=self.settings.http_host, lifespan="on",
             port=self.settings.http_port, log_level="warning", access_log=False,
             log_config=log_config(self.settings.log_format),
         ))
@@ -257,9 +281,12 @@ class Supervisor:
         if not server.started:
             raise RuntimeError(f"the gateway could not serve on port {self.settings.http_port}")
 
-    def _stop_generation(self, broker_died: bool = False) -> None:
+    def _stop_generation(self, broker_died: bool = False, kill_agents: bool = False,
+                         final: bool = False) -> None:
         """Gateway (flushes) -> sink (drains into ClickHouse) -> agents. With a dead
-        broker the agents go first, killed: nothing of theirs may reach the next broker."""
+        broker the agents go first, killed: nothing of theirs may reach the next broker.
+        ``kill_agents``: a roll's, whose state is all in the changelog by then. ``final``:
+        `sluice up` stops, and so does its HTTP server; else requests wait for the next."""
         if broker_died:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
@@ -272,13 +299,7 @@ class Supervisor:
                     gateway.progress.abandon(reason)
                     gateway.user_states.abandon(reason)
         began = time.monotonic()
-        if self.server and self.server_thread:
-            self.server.should_exit = True
-            self.server_thread.join(STOP_WAIT_S)
-            if self.server_thread.is_alive():
-                log.error("the gateway did not stop in %.0f s", STOP_WAIT_S)
-            log.info("gateway stopped in %.1f s", time.monotonic() - began)
-        self.server = self.server_thread = None
+        self._stop_gateway(final)
         if self.sink and self.sink_thread:
             if not broker_died:
                 self.console.print("stopping: draining the sink into ClickHouse...")
@@ -291,7 +312,25 @@ class Supervisor:
             self.rows_written += self.sink.rows_written
             log.info("sink stopped in %.1f s", time.monotonic() - began)
         self.sink = self.sink_thread = None
-        self._stop_agents(kill=False)
+        self._stop_agents(kill=kill_agents)
+
+    def _stop_gateway(self, final: bool = False) -> None:
+        """The generation's gateway answers what it took, then ends (its producer flushes);
+        new requests wait for the next one, or, ``final``, get a 503 and the server stops."""
+        began = time.monotonic()
+        if self.app is not None and self.generations.loop is not None:
+            if final:
+                self.generations.close(STOP_WAIT_S)
+            else:
+                self.generations.pause(STOP_WAIT_S)
+            log.info("gateway stopped in %.1f s", time.monotonic() - began)
+        self.app = None
+        if final and self.server and self.server_thread:
+            self.server.should_exit = True
+            self.server_thread.join(STOP_WAIT_S)
+            if self.server_thread.is_alive():
+                log.error("the gateway's server did not stop in %.0f s", STOP_WAIT_S)
+            self.server = self.server_thread = None
 
     def _wait_sink_caught_up(self) -> None:
         """Before the sink stops: let it consume what the broker holds (its group's lag to
@@ -336,6 +375,8 @@ class Supervisor:
         while not self.stopping.wait(0.2):
             if self.broker and self.broker.returncode is not None:
                 self._restart_broker()
+            elif self.broker and self.roll_at and (self.broker.memory_bytes() or 0) >= self.roll_at:
+                self._roll_broker()
             elif self.agents is not None and self.agents.poll() is not None:
                 self._restart_agents()
             elif self.server_thread is not None and not self.server_thread.is_alive():
@@ -359,6 +400,39 @@ class Supervisor:
             return
         self._start_agents()
 
+    def _roll_broker(self) -> None:
+        """A planned generation that frees the broker's memory: services.broker_roll."""
+        assert self.broker is not None
+        marks = [time.monotonic()]
+        log.warning("rolling the embedded broker over to a new one: it holds %.0f MiB (roll at "
+                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait meanwhile",
+                    (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
+        self._stop_gateway()
+        agents = self.agents
+        caught_up = agents_caught_up(self.settings, DRAIN_WAIT_S,
+                                     gone=lambda: agents is None or agents.poll() is not None)
+        marks.append(time.monotonic())
+        self._stop_generation(kill_agents=True)  # the sink drains into ClickHouse first
+        carried = read_carried(self.settings) if caught_up else None
+        self.broker.stop(kill=True)  # all it holds that counts is in ClickHouse and carried
+        marks.append(time.monotonic())
+        self._start(first=False, carried=carried)
+        marks.append(time.monotonic())
+        held = self.broker.memory_bytes() or 0
+        self.roll_at = roll_at(self.settings, held)
+        took = marks[-1] - marks[0]
+        BROKER_ROLLS.labels("changelog" if carried is not None else "rebuild").inc()
+        BROKER_ROLL_SECONDS.observe(took)
+        log.warning("rolled the embedded broker in %.1f s (%.1f s for the gateway to stop and the "
+                    "agents to catch up, %.1f s to drain the sink and carry, %.1f s to start the "
+                    "next generation; user state from %s); it holds %.0f MiB now, the next roll "
+                    "at %.0f MiB", took, marks[1] - marks[0], marks[2] - marks[1],
+                    marks[3] - marks[2], "the changelog" if carried is not None else "ClickHouse",
+                    held / 2**20, (self.roll_at or 0) / 2**20)
+        if held >= (roll_at(self.settings) or held + 1):
+            log.error("the carried state alone fills the embedded broker past its roll share: "
+                      "raise SLUICE_EMBEDDED_BROKER_MAX_MB")
+
     def _restart_broker(self) -> None:
         assert self.broker is not None
         log.error("the embedded broker died (exit %s) and took what it held in memory: "
@@ -370,6 +444,7 @@ class Supervisor:
         self.broker.stop()
         stopped = time.monotonic()
         self._start(first=False)
+        self.roll_at = roll_at(self.settings, self.broker.memory_bytes() or 0)
         log.warning("serving again %.1f s after the broker's death (%.1f s to stop the old "
                     "generation, %.1f s to start the next)", time.monotonic() - began,
                     stopped - began, time.monotonic() - stopped)

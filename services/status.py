@@ -33,6 +33,7 @@ RATES: dict[str, tuple[str, str, str | None]] = {
 }
 # gauge name -> what the status table calls it (the gateway's last reading)
 GAUGES = {"sluice_embedded_broker_bytes": "embedded broker memory (MiB)",
+          "sluice_embedded_broker_rolls_total": "embedded broker rolled over (times)",
           "sluice_gateway_backpressure": "gateway refusing events (backpressure)"}
 
 
@@ -156,6 +157,8 @@ def render(status: Status) -> Group:
     for name, value in status.gauges.items():
         if name == "sluice_embedded_broker_bytes":
             rates.add_row(GAUGES[name], f"{value / 2**20:,.0f}")
+        elif name == "sluice_embedded_broker_rolls_total":
+            rates.add_row(GAUGES[name], f"{value:,.0f}")
         else:
             rates.add_row(GAUGES[name], "[red]yes[/]" if value else "no")
     roles = Table(title="Metrics endpoints")

@@ -57,11 +57,7 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
     producer = Producer(producer_config(settings))
     result = Rebuilt()
     with Progress(disable=not show_progress, transient=False) as progress:
-        for asset in store.query(LIVE_ASSETS):
-            live = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
-            produce_waiting(producer, settings.topic_assets, encode_asset(live),
-                            asset_key(asset["program_id"], asset["asset_id"]))
-            result.assets += 1
+        result.assets = republish_assets(settings, store, producer)
         total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
         task = progress.add_task("rebuilding user state from ClickHouse", total=total,
                                  visible=total > 0)
@@ -78,6 +74,17 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
     if producer.flush(60) > 0:
         raise RuntimeError("the broker did not take the rebuilt state")
     return result
+
+
+def republish_assets(settings: Settings, store: Store, producer: Producer) -> int:
+    """The live catalog from ClickHouse to the ``assets`` topic (not flushed); how many."""
+    assets = 0
+    for asset in store.query(LIVE_ASSETS):
+        live = asset | {"updated_at": iso_utc(asset["updated_at"]), "deleted": False}
+        produce_waiting(producer, settings.topic_assets, encode_asset(live),
+                        asset_key(asset["program_id"], asset["asset_id"]))
+        assets += 1
+    return assets
 
 
 def _users(store: Store, config_for: ModelConfigs, advance: Callable[[int], None],

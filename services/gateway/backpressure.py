@@ -14,9 +14,10 @@ shape, 429 where the vendor says "slow down" that way), and /readyz says why.
   nothing yet counts one event a message, so it never refuses on a guess). A group that
   never committed (no sink or agents deployed for it) is not waited for.
 - It lets go at 80% of the bound (hysteresis: no flapping at the edge), by itself as the
-  lag drains. The broker's memory never shrinks (Tansu frees only deleted topics): once
-  at 90% of SLUICE_EMBEDDED_BROKER_MAX_MB the refusal lasts until `sluice up` restarts,
-  which drains the sink into ClickHouse first and loses nothing acked.
+  lag drains. The broker's memory never shrinks by itself (Tansu frees only deleted
+  topics): `sluice up` rolls it over to a new one before this (services.broker_roll), so
+  at 90% of SLUICE_EMBEDDED_BROKER_MAX_MB the refusal lasts until a roll or a restart of
+  `sluice up` frees it (rolls off, or a carried state that large).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def judge(reading: Reading, settings: Settings, refusing: bool) -> str | None:
     mb = settings.embedded_broker_max_mb
     if mb and reading.broker_bytes is not None and reading.broker_bytes >= mb * BROKER_SHARE * 2**20:
         return (f"the embedded broker holds {reading.broker_bytes / 2**20:,.0f} MiB in memory, "
-                f"{BROKER_SHARE:.0%} of SLUICE_EMBEDDED_BROKER_MAX_MB={mb}; restart `sluice up` "
-                "to release it (nothing acked is lost)")
+                f"{BROKER_SHARE:.0%} of SLUICE_EMBEDDED_BROKER_MAX_MB={mb}; a roll of the broker "
+                "(SLUICE_EMBEDDED_BROKER_ROLL_SHARE) or a restart of `sluice up` releases it "
+                "(nothing acked is lost)")
     bound = settings.max_lag_events
     if not bound or not reading.lag_events:
         return None

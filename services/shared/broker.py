@@ -89,8 +89,12 @@ class EmbeddedBroker:
         self.stop()
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} in {timeout_s}s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """``kill``: at once (Tansu takes up to seconds over SIGTERM), when nothing it holds
+        is wanted any more."""
         if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
             self.process.terminate()
             try:
                 self.process.wait(5)

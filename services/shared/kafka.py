@@ -225,10 +225,13 @@ def ensure_compacted_topic(settings: Settings, topic: str, timeout_s: float = 10
 
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes | None,
                     headers: list[tuple[str, str | bytes | None]] | None = None,
-                    partition: int = -1, on_delivery: Callable[..., None] | None = None) -> None:
+                    partition: int = -1, on_delivery: Callable[..., None] | None = None,
+                    timestamp_ms: int = 0) -> None:
     """produce(), waiting while librdkafka's local queue is full (bulk writers: rebuilds,
-    replays, benches), instead of failing with BufferError."""
+    replays, benches), instead of failing with BufferError. ``timestamp_ms`` 0: now."""
     extra: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
+    if timestamp_ms:
+        extra["timestamp"] = timestamp_ms
     while True:
         try:
             producer.produce(topic, value, key, partition=partition, headers=headers, **extra)

@@ -70,6 +70,15 @@ LAG_EVENTS = Gauge(
 BROKER_BYTES = Gauge(
     "sluice_embedded_broker_bytes", "Resident memory of the embedded broker (Tansu keeps "
     "every event in memory), read every SLUICE_BACKPRESSURE_CHECK_S.", multiprocess_mode="max")
+BROKER_ROLLS = Counter(
+    "sluice_embedded_broker_rolls", "Times `sluice up` rolled the embedded broker over to a new, "
+    "empty one (SLUICE_EMBEDDED_BROKER_ROLL_SHARE), by how user state was carried: changelog "
+    "(the newest record per user) or rebuild (from ClickHouse: the agents had not caught up).",
+    ["carried"])
+BROKER_ROLL_SECONDS = Histogram(
+    "sluice_embedded_broker_roll_seconds", "Per roll of the embedded broker: from the old "
+    "gateway's stop to the new one's start, the time requests waited.",
+    buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0))
 PRODUCER_QUEUE = Gauge(
     "sluice_producer_queue_messages", "Messages waiting in the gateway producers' local "
     "queues for the broker (sampled every 50 ms; summed over workers).",

@@ -136,8 +136,15 @@ class Settings(BaseSettings):
     embedded_broker_max_mb: int = Field(
         1024, ge=0, description="Backpressure for the embedded broker (`sluice up` without "
         "SLUICE_KAFKA_BOOTSTRAP): Tansu keeps every event in memory, so the gateway refuses "
-        "events once the broker's resident memory reaches 90% of this (restart `sluice up` "
-        "to release it: the sink drains to ClickHouse and state is rebuilt). 0: off."
+        "events once the broker's resident memory reaches 90% of this; `sluice up` rolls the "
+        "broker before that (SLUICE_EMBEDDED_BROKER_ROLL_SHARE). 0: off."
+    )
+    embedded_broker_roll_share: float = Field(
+        0.6, ge=0, lt=0.9, description="`sluice up` rolls the embedded broker (a new, empty "
+        "Tansu; user state and dead letters carried over, everything acked already stored "
+        "and applied) once it holds this share of SLUICE_EMBEDDED_BROKER_MAX_MB: Tansu frees "
+        "memory only with a deleted topic. Requests meanwhile wait a few seconds, none is "
+        "refused. 0: never (the gateway then refuses events at 90% until a restart)."
     )
     backpressure_check_s: float = Field(
         1.0, gt=0, description="How often the gateway reads its consumers' lag and the "

@@ -89,7 +89,9 @@ BROKER_MB = 48  # Tansu starts at ~20 MiB: refused from ~43 MiB, after ~100k pla
 
 
 def test_the_embedded_broker_bound_refuses_before_memory_runs_out(tmp_path: Path) -> None:
+    # rolls off: the bound is what is left when the broker cannot be rolled over
     env = {"SLUICE_EMBEDDED_BROKER_MAX_MB": str(BROKER_MB), "SLUICE_BACKPRESSURE_CHECK_S": "0.1",
+           "SLUICE_EMBEDDED_BROKER_ROLL_SHARE": "0",
            "SLUICE_KAFKA_COMPRESSION": "none", "SLUICE_QUEUE_UPDATES_DEFAULT": "true"}
     with sluice_up(tmp_path / "data", tmp_path / "up.log", env=env) as up:
         body = {"events": [event(f"u{i % 50}", properties={"pad": "x" * 200})

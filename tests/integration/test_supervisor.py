@@ -167,9 +167,10 @@ def test_a_killed_broker_is_restarted_and_state_rebuilt_from_clickhouse(tmp_path
         broker.kill()
         killed = time.monotonic()
         answers = []
-        # refused while the next generation starts, then 200 again. A 503/504 may come after
-        # the event was durably published (the agents not ready yet): the client retries with
-        # its own id, as the API asks, so the event counts once however often it was sent
+        # waiting (or a closed connection) while the next generation starts, then 200 again.
+        # A 503/504 may come after the event was durably published (the agents not ready
+        # yet): the client retries with its own id, as the API asks, so the event counts
+        # once however often it was sent
         while True:
             assert time.monotonic() - killed < 90, (answers, up.tail())
             try:

@@ -1,0 +1,131 @@
+"""The gateway ``sluice up`` serves for its whole life: one generation's app after another.
+
+Each generation of the embedded stack (services.embedded) has a gateway app of its own: its
+producer, views and positions belong to the broker it started on. Stopping uvicorn to
+replace it closed the clients' keep-alive connections, and a request sent on one just as it
+closed failed (httpx's RemoteProtocolError: 2 of ~250 requests across two rolls of the
+broker in tests/integration/test_broker_roll.py). So one uvicorn server serves this front
+for good: it hands each request to the current generation's app, and between two
+generations requests wait on their open connections until the next one is up. Each app's
+lifespan (its producer, threads) is entered and left here, on the server's event loop, as
+uvicorn would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class Generations:
+    """The ASGI app uvicorn serves; ``switch_to`` and ``pause`` are called from another
+    thread (the supervisor's), ``close`` once at the end."""
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        self.app: FastAPI | None = None
+        self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.retry_after_s = retry_after_s
+        self._changed: asyncio.Event | None = None  # set while there is an app (or closed)
+        self._idle: asyncio.Event | None = None  # set while no request is in an app
+        self._inflight = 0
+        self._lifespan: AsyncExitStack | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # uvicorn's own: the loop is known from here on
+            await self._serve_lifespan(receive, send)
+            return
+        changed, idle = self._events()
+        while self.app is None and not self.closed:
+            await changed.wait()
+        app = self.app
+        if app is None:  # closed: `sluice up` is stopping
+            await self._unavailable(send)
+            return
+        self._inflight += 1
+        idle.clear()
+        try:
+            await app(scope, receive, send)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                idle.set()
+
+    # -- from the supervisor's thread -----------------------------------------------------
+    def switch_to(self, app: FastAPI, timeout_s: float = 60.0) -> None:
+        """Start ``app``'s lifespan and hand it every request, those waiting first."""
+        self._run(self._enter(app), timeout_s)
+
+    def pause(self, timeout_s: float = 60.0) -> None:
+        """Hold new requests; let the current app answer those it has, then end its
+        lifespan (its producer flushes). Requests wait for the next ``switch_to``."""
+        self._run(self._leave(timeout_s), timeout_s + 30)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """As ``pause``, and from then on every request is answered 503 (stopping)."""
+        self.closed = True
+        self._run(self._leave(timeout_s), timeout_s + 30)
+
+    # -- on the server's loop --------------------------------------------------------------
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        if self._changed is None or self._idle is None:
+            self._changed, self._idle = asyncio.Event(), asyncio.Event()
+            self._idle.set()
+            if self.app is not None or self.closed:
+                self._changed.set()
+        return self._changed, self._idle
+
+    async def _enter(self, app: FastAPI) -> None:
+        stack = AsyncExitStack()
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        self._lifespan, self.app = stack, app
+        self._events()[0].set()
+
+    async def _leave(self, timeout_s: float) -> None:
+        changed, idle = self._events()
+        self.app = None
+        if self.closed:
+            changed.set()  # the waiting requests get their 503
+        else:
+            changed.clear()
+        try:
+            await asyncio.wait_for(idle.wait(), timeout_s)
+        except TimeoutError:
+            log.error("the gateway still answers %d requests after %.0f s; stopping it anyway",
+                      self._inflight, timeout_s)
+        stack, self._lifespan = self._lifespan, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _run(self, coroutine: Coroutine[Any, Any, None], timeout_s: float) -> None:
+        if self.loop is None:
+            coroutine.close()
+            raise RuntimeError("the gateway's server has not started")
+        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.loop = asyncio.get_running_loop()
+                self._events()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _unavailable(self, send: Send) -> None:
+        body = orjson.dumps({"detail": "Sluice is stopping; retry later"})
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(self.retry_after_s).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,88 @@
+"""What a roll of the embedded broker decides and carries (services.broker_roll), on the test
+broker: whether the agents have caught up (Tansu's ListOffsets trails its last batch), each
+user's newest record with its source position reset, and dead letters kept as they were."""
+
+from __future__ import annotations
+
+import uuid
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from services.broker_roll import agents_caught_up, read_carried, write_carried
+from services.shared.clickhouse import Store
+from services.shared.events import message_key, partition_for
+from services.shared.kafka import client_config, ensure_topics, producer_config
+from services.shared.settings import Settings
+from services.shared.users import UserRecord
+from services.sink.letters import read_all
+from tests.integration.conftest import read_topic
+
+
+def record(user: str, events: int, settings: Settings, offset: int = 41) -> tuple[bytes, int, bytes]:
+    key = message_key("shop", user)
+    partition = partition_for(key, settings.events_partitions)
+    rec = UserRecord("shop", user, partition=partition, offset=offset, events=events)
+    return key, partition, rec.encode()
+
+
+def test_the_agents_have_caught_up_only_once_committed_past_the_last_record(
+        settings: Settings) -> None:
+    ensure_topics(settings)
+    producer = Producer(producer_config(settings) | {"linger.ms": 50})
+    for i in range(12):  # one batch on partition 1: Tansu's ListOffsets then says 1, not 12
+        producer.produce(settings.topic_events, b"x%d" % i, b"k", partition=1)
+    assert producer.flush(10) == 0
+    group = Consumer(client_config(settings) | {"group.id": settings.agents_app_id,
+                                                "enable.auto.commit": False})
+    try:
+        assert not agents_caught_up(settings, timeout_s=0.3)  # nothing committed
+        group.commit(offsets=[TopicPartition(settings.topic_events, 1, 1)], asynchronous=False)
+        assert not agents_caught_up(settings, timeout_s=0.3)  # the batch's first record only
+        assert not agents_caught_up(settings, timeout_s=30, gone=lambda: True)  # died: at once
+        group.commit(offsets=[TopicPartition(settings.topic_events, 1, 12)], asynchronous=False)
+        assert agents_caught_up(settings, timeout_s=0.3)
+    finally:
+        group.close()
+
+
+def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
+        settings: Settings, store: Store) -> None:
+    producer = Producer(producer_config(settings))
+    newest = {}
+    for user, counts in {"ann": (1, 2, 3), "bob": (5,), "cy": (7, 8)}.items():
+        for events in counts:
+            key, partition, value = record(user, events, settings)
+            producer.produce(settings.topic_user_state, value, key, partition=partition)
+            newest[key] = (partition, events)
+    erased_key, erased_partition, _ = record("cy", 0, settings)  # erased: a tombstone
+    producer.produce(settings.topic_user_state, None, erased_key, partition=erased_partition)
+    del newest[erased_key]
+    letters = [(b"bad line %d" % i, {"reason": b"invalid", "n": str(i).encode()}, 1_700_000_000_000 + i)
+               for i in range(3)]
+    for value, headers, ts in letters:
+        producer.produce(settings.topic_dlq, value, b"k", headers=list(headers.items()),
+                         timestamp=ts)
+    assert producer.flush(10) == 0
+
+    carried = read_carried(settings)
+    assert {k: (p, UserRecord.decode(v).events) for k, (p, v) in carried.users.items()} == newest
+    assert [x.value for x in carried.letters["dead letters"]] == [v for v, _, _ in letters]
+
+    # the next broker (here: the next topics of the same one)
+    tag = uuid.uuid4().hex[:8]
+    after = settings.model_copy(update={"topic_events": f"events-{tag}",
+                                        "topic_dlq": f"events-{tag}.dlq",
+                                        "topic_assets": f"assets-{tag}",
+                                        "agents_app_id": f"agents-{tag}"})
+    ensure_topics(after)
+    done = write_carried(after, store, carried)
+    assert (done.users, done.events) == (2, 3 + 5)
+    got = {}
+    for message in read_topic(after.bootstrap, after.topic_user_state, at_least=2):
+        rec = UserRecord.decode(message.value())
+        assert (rec.partition, rec.offset) == (message.partition(), -1)  # nothing applied yet
+        got[message.key()] = (message.partition(), rec.events)
+    assert got == newest
+    copied = list(read_all(after, after.topic_dlq))
+    assert [(x.offset, x.value, x.headers, x.timestamp_ms) for x in copied] == [
+        (i, v, h, ts) for i, (v, h, ts) in enumerate(letters)]

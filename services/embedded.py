@@ -318,11 +318,12 @@ class Supervisor:
         """The generation's gateway answers what it took, then ends (its producer flushes);
         new requests wait for the next one, or, ``final``, get a 503 and the server stops."""
         began = time.monotonic()
-        if self.app is not None and self.generations.loop is not None:
-            if final:
-                self.generations.close(STOP_WAIT_S)
-            else:
-                self.generations.pause(STOP_WAIT_S)
+        if self.generations.loop is not None and final:
+            # also when a roll had paused it: the requests waiting for the next get a 503
+            self.generations.close(STOP_WAIT_S)
+        elif self.generations.loop is not None and self.app is not None:
+            self.generations.pause(STOP_WAIT_S)
+        if self.app is not None:
             log.info("gateway stopped in %.1f s", time.monotonic() - began)
         self.app = None
         if final and self.server and self.server_thread:
@@ -409,8 +410,9 @@ class Supervisor:
                     (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
         self._stop_gateway()
         agents = self.agents
-        caught_up = agents_caught_up(self.settings, DRAIN_WAIT_S,
-                                     gone=lambda: agents is None or agents.poll() is not None)
+        caught_up = agents_caught_up(  # a SIGTERM meanwhile: no next generation to wait for
+            self.settings, DRAIN_WAIT_S, gone=lambda: agents is None or agents.poll() is not None
+            or self.stopping.is_set())
         marks.append(time.monotonic())
         self._stop_generation(kill_agents=True)  # the sink drains into ClickHouse first
         carried = read_carried(self.settings) if caught_up else None

@@ -130,6 +130,17 @@ class HealingProducer:
             self.heal()
         return left
 
+    def close(self) -> None:
+        """Destroy the librdkafka clients now, their threads and buffers with them; what is
+        still queued is dropped (flush first). Without it a producer outlived its owner:
+        each generation of `sluice up` left its gateway's and its sink's running (two more
+        librdkafka clients, ~7 MiB and 10 fds, at every roll of the embedded broker)."""
+        for producer in (self.producer, *self._retired):
+            producer.purge()
+            producer.poll(0)
+            producer.close()
+        self._retired.clear()
+
     def __len__(self) -> int:
         return len(self.producer) + sum(map(len, self._retired))
 

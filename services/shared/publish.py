@@ -178,3 +178,4 @@ class Publisher:
             self.producer.flush(timeout_s)
         self._running = False
         self._poller.join(1.0)
+        self.producer.close()

@@ -99,3 +99,4 @@ class DeadLetters:
 
     def close(self, timeout_s: float = 10.0) -> None:
         self.producer.flush(timeout_s)
+        self.producer.close()

@@ -185,3 +185,20 @@ def test_sluice_up_killed_mid_roll_restarts_with_every_acked_event_once(tmp_path
     with sluice_up(tmp_path / "data", log, ports=ports, env=ENV) as up:
         all_once(up.base, acked)
     assert log.read_text().count("rolling the embedded broker") == 1
+
+
+def test_sigterm_mid_roll_stops_cleanly_with_every_acked_event_once(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    ports = {name: free_port() for name in PORTS}
+    with sluice_up(tmp_path / "data", log, ports=ports, env=ENV) as up:
+        with Clients(up.base) as clients:
+            wait_for(lambda: "rolling the embedded broker" in log.read_text(), timeout_s=120,
+                     every_s=0.05)
+            up.proc.terminate()
+            # requests waiting for the roll get a 503 (retry), and it exits 0
+            assert up.proc.wait(90) == 0, up.tail()
+            clients.stop.set()
+        acked = Counter(clients.acked)
+    assert "stopped; the sink wrote" in log.read_text()
+    with sluice_up(tmp_path / "data", log, ports=ports, env=ENV) as up:
+        all_once(up.base, acked)

@@ -9,9 +9,12 @@ of what the gateway acked, the sink stored and the agents applied; after the lag
 drained, hey holds ``share`` of it for ``minutes``. Each second: every role's RSS
 (`sluice up` = gateway + sink + chDB; the agents worker; Tansu) and the roles' /metrics.
 Each minute: events acked/stored/applied per second, non-2xx answers, state freshness
-p50/p99 (from the histogram's buckets: an upper bound), the largest lag seen, RSS. The
-verdict says, per series, whether it is flat after warm-up: the slope fitted to the
-per-second samples, projected over an hour, under 10% of its level (or under 20 MiB).
+p50/p99 (from the histogram's buckets: an upper bound), the largest lag seen, RSS, the
+embedded broker's rolls (services.broker_roll: a counter reset by a roll's new agents
+worker counts on from 0). The verdict says, per series, whether it is flat after warm-up:
+the slope fitted to the per-second samples, projected over an hour, under 10% of its level
+(or under 20 MiB). After the load, once the consumers caught up: the run's totals, the
+events applied taken from the users' own state (their record's count, exact across rolls).
 
     python -m bench.soak --minutes 10 [--share 0.5]   (or make bench; --only soak)
 """
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +42,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
 from bench.gateway import hey
-from bench.payload import users_body
+from bench.payload import PROGRAM, users_body
 from bench.procs import log_tail, stop_process
 from services.shared.broker import free_port
+from services.shared.settings import Settings
 
 CLIENTS = 4
 USERS_PER_REQUEST = 100
@@ -132,10 +138,18 @@ class Stack:
 
     def metrics(self) -> dict[str, Any]:
         gateway = scrape(f"{self.url}/metrics")
+        if gateway:  # a labelled counter shows only once counted: 0 until the first roll
+            gateway.setdefault("sluice_embedded_broker_rolls_total", 0.0)
         agents = scrape(f"http://127.0.0.1:{self.agents_port}/metrics")
         # every process exports every sluice_* family (zeros where it is not that role)
         return gateway | {k: v for k, v in agents.items()
                           if k not in gateway or k.startswith(("sluice_agents", "freshness"))}
+
+    def state_events(self, users: list[str]) -> int:
+        """Events applied to these users' state, as the agents hold it (their record's count:
+        exact across rolls and restarts, unlike a worker's own counter)."""
+        with httpx.Client(base_url=self.url, headers={"program-id": PROGRAM}, timeout=30) as http:
+            return sum(http.get(f"/users/{user}/label-weights").json()["events"] for user in users)
 
     def stop(self) -> None:
         stop_process(self.process, 90)
@@ -168,11 +182,13 @@ def drained(stack: Stack, timeout_s: float = 300) -> float:
 def run(workdir: Path, minutes: float, share: float) -> dict[str, Any]:
     body = workdir / "soak-body.json"
     body.write_bytes(users_body(13, USERS_PER_REQUEST, pool=10_000, n=EVENTS_PER_REQUEST))
+    users = sorted({e["user_id"] for e in json.loads(body.read_bytes())["events"]})
     stack = Stack(workdir)
     try:
         stack.wait_ready()
         cap = capacity(stack, body)
         drain_s = drained(stack)
+        applied_before = stack.state_events(users)
         rate = share * cap["capacity"]
         if rate <= 0:
             raise RuntimeError(f"no capacity measured: {cap}")
@@ -194,36 +210,88 @@ def run(workdir: Path, minutes: float, share: float) -> dict[str, Any]:
         finally:
             stop.set()
             sampler.join()
+        # one more sample once the consumers have caught up: the totals then compare
+        drained(stack, timeout_s=120)
+        time.sleep(2)
+        samples.append({"t": samples[-1]["t"] + 1 if samples else 0.0, "rss": stack.rss_mib(),
+                        "m": stack.metrics(), "drained": True})
+        in_state = stack.state_events(users) - applied_before
     finally:
         stack.stop()
     rows = per_minute(samples)
     return {"minutes": minutes, "share": share, "capacity_events_per_s": cap,
             "drain_after_capacity_s": round(drain_s, 1), "target_events_per_s": round(rate),
             "hey": load.as_dict() | {"events_per_s": round(load.ok * EVENTS_PER_REQUEST
-                                                           / max(load.seconds, 1e-9))},
-            "minutes_table": rows, "verdict": verdict(samples)}
+                                                           / max(load.seconds, 1e-9)),
+                                     "slowest_s": slowest_s(load.raw)},
+            "minutes_table": rows, "verdict": verdict(samples),
+            "totals": totals(samples) | {"in_state": in_state}}
+
+
+def totals(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the whole run acked, stored and applied, and what the broker's rolls did."""
+    last: dict[str, Any] = next((s["m"] for s in reversed(samples) if s["m"]), {})
+    rolls = last.get("sluice_embedded_broker_rolls_total", 0)
+    took = last.get("sluice_embedded_broker_roll_seconds_sum", 0.0)
+    return {"acked": int(increase(samples, "sluice_events_accepted_total")),
+            "stored": int(increase(samples, "sluice_sink_rows_total")),
+            "applied": int(increase(samples, "sluice_agents_events_total")),
+            "rolls": int(rolls), "roll_mean_s": round(took / rolls, 1) if rolls else None,
+            "tansu_max_mib": max((s["rss"].get("tansu", 0.0) for s in samples), default=0.0),
+            "broker_max_mb": Settings().embedded_broker_max_mb}
+
+
+def slowest_s(hey_output: str) -> float | None:
+    """hey's slowest request: a request that came during a roll of the broker waited it out."""
+    found = re.search(r"Slowest:\s+([\d.]+) secs", hey_output)
+    return float(found.group(1)) if found else None
+
+
+def increase(samples: list[dict[str, Any]], name: str) -> float:
+    """What counter ``name`` counted over ``samples``, as Prometheus' increase(): a counter
+    that went down was reset (an agents worker restarted by a roll of the broker), and a
+    scrape that did not answer (a roll's gap) is skipped."""
+    total = 0.0
+    last: float | None = None
+    for s in samples:
+        value = s["m"].get(name)
+        if value is None:
+            continue
+        if last is not None:
+            total += value - last if value >= last else value
+        last = value
+    return total
 
 
 def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for minute in range(int(samples[-1]["t"] // 60) + 1 if samples else 0):
-        window = [s for s in samples if minute * 60 <= s["t"] < (minute + 1) * 60]
+    timed = [s for s in samples if not s.get("drained")]
+    for minute in range(int(timed[-1]["t"] // 60) + 1 if timed else 0):
+        window = [s for s in timed if minute * 60 <= s["t"] < (minute + 1) * 60]
         if len(window) < 2:
             continue
-        first, last = window[0]["m"], window[-1]["m"]
-        span = window[-1]["t"] - window[0]["t"]
+        answered = [s for s in window if s["m"]] or window
+        last = answered[-1]["m"]
+        # from the last answered sample before the minute: what changed at its edge counts
+        before = [s for s in timed if s["t"] < minute * 60 and s["m"]][-1:]
+        counted = before + window
+        span = window[-1]["t"] - counted[0]["t"]
 
-        def rate(name: str, a: dict[str, Any] = first, b: dict[str, Any] = last,
-                 dt: float = span) -> float:
-            return (b.get(name, 0.0) - a.get(name, 0.0)) / dt if dt else 0.0
+        def rate(name: str, w: list[dict[str, Any]] = counted, dt: float = span) -> float:
+            return increase(w, name) / dt if dt else 0.0
 
-        fresh_a, fresh_b = first.get("freshness", {}), last.get("freshness", {})
+        # the agents' histogram starts again with each worker: the newest worker's share
+        fresh = [s["m"]["freshness"] for s in answered if "freshness" in s["m"]] or [{}]
+        fresh_a, fresh_b = fresh[0], fresh[-1]
+        if any(sum(b.values()) < sum(a.values()) for a, b in pairwise(fresh)):
+            fresh_a = {}
         rows.append({
             "minute": minute + 1,
             "acked_per_s": round(rate("sluice_events_accepted_total")),
             "stored_per_s": round(rate("sluice_sink_rows_total")),
             "applied_per_s": round(rate("sluice_agents_events_total")),
-            "non_2xx": int(last.get("non_2xx", 0) - first.get("non_2xx", 0)),
+            "non_2xx": int(increase(counted, "non_2xx")),
+            "rolls": int(increase(counted, "sluice_embedded_broker_rolls_total")),
             "freshness_p50_s": quantile(fresh_a, fresh_b, 0.5),
             "freshness_p99_s": quantile(fresh_a, fresh_b, 0.99),
             "lag_max": {k[4:]: int(max(s["m"].get(k, 0) for s in window))
@@ -260,7 +328,7 @@ def soak_table(r: dict[str, Any]) -> Table:
         f"{cap['acked']:,.0f}, stored {cap['stored']:,.0f}, applied {cap['applied']:,.0f} "
         f"flat out), hey -c {CLIENTS}, {EVENTS_PER_REQUEST}-event requests"))
     for column in ("min", "acked/s", "stored/s", "applied/s", "non-2xx", "fresh p50/p99 s",
-                   "lag max (msgs)", "RSS up / agents / tansu MiB", "refusing"):
+                   "lag max (msgs)", "RSS up / agents / tansu MiB", "broker rolls", "refusing"):
         t.add_column(column, justify="right")
     for row in r["minutes_table"]:
         rss = row["rss_mib"]
@@ -269,12 +337,20 @@ def soak_table(r: dict[str, Any]) -> Table:
                   f"{row['freshness_p50_s']} / {row['freshness_p99_s']}",
                   " ".join(f"{k}:{v:,}" for k, v in row["lag_max"].items()),
                   f"{rss.get('up', 0):.0f} / {rss.get('agents', 0):.0f} / "
-                  f"{rss.get('tansu', 0):.0f}", "yes" if row["backpressure"] else "")
+                  f"{rss.get('tansu', 0):.0f}", str(row.get("rolls", 0) or ""),
+                  "yes" if row["backpressure"] else "")
     verdicts = "; ".join(f"{name} {v['mib']} MiB, {v['mib_per_hour']:+} MiB/h "
                          f"({'flat' if v['flat'] else 'GROWS'})" for name, v in r["verdict"].items())
-    t.caption = (f"After {WARMUP_MIN} min of warm-up: {verdicts}. Freshness from the histogram's "
-                 "buckets (upper bounds). hey answered "
-                 f"{r['hey']['status']} over {r['hey']['seconds']:.0f} s.")
+    total = r["totals"]
+    rolls = (f"{total['rolls']} rolls, {total['roll_mean_s']} s each on average: requests "
+             "waited meanwhile" if total["rolls"] else "no roll")
+    t.caption = (f"After {WARMUP_MIN} min of warm-up: {verdicts}. Tansu at most "
+                 f"{total['tansu_max_mib']:,.0f} MiB (bound {total['broker_max_mb']:,} MiB; "
+                 f"{rolls}). Over the run: acked {total['acked']:,}, stored "
+                 f"{total['stored']:,}, applied {total.get('in_state', total['applied']):,} "
+                 "events (users' state). Freshness from the "
+                 f"histogram's buckets (upper bounds). hey answered {r['hey']['status']} over "
+                 f"{r['hey']['seconds']:.0f} s (slowest {r['hey'].get('slowest_s', '?')} s).")
     return t
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.soak import per_minute, quantile, verdict
+from bench.soak import per_minute, quantile, totals, verdict
 
 
 def test_quantile_is_the_upper_bound_of_the_bucket_between_two_scrapes() -> None:
@@ -28,3 +28,21 @@ def test_per_minute_rates() -> None:
     rows = per_minute(samples(0.0, 180))
     assert [r["minute"] for r in rows] == [1, 2, 3]
     assert all(r["acked_per_s"] == 1000 for r in rows)
+
+
+def test_rates_and_totals_carry_over_a_rolls_restarted_worker_and_its_gap() -> None:
+    # the agents' counter restarts at 0 with the worker a roll starts; 3 s nobody answered
+    rows = []
+    for t in range(120):
+        m: dict = {"sluice_events_accepted_total": 1000.0 * t,
+                   "sluice_agents_events_total": 1000.0 * (t if t < 60 else t - 63),
+                   "sluice_embedded_broker_rolls_total": 0.0 if t < 60 else 1.0}
+        rows.append({"t": float(t), "rss": {"tansu": 30.0 if t < 60 else 20.0},
+                     "m": {} if 60 <= t < 63 else m})
+    by_minute = per_minute(rows)
+    assert [r["rolls"] for r in by_minute] == [0, 1]
+    assert by_minute[1]["applied_per_s"] > 0  # not a negative rate from the reset
+    total = totals(rows)
+    assert total["acked"] == 119_000
+    assert total["applied"] == 59_000 + 56_000  # before the roll, and the new worker's
+    assert total["rolls"] == 1 and total["tansu_max_mib"] == 30.0

@@ -282,11 +282,12 @@ class Supervisor:
             raise RuntimeError(f"the gateway could not serve on port {self.settings.http_port}")
 
     def _stop_generation(self, broker_died: bool = False, kill_agents: bool = False,
-                         final: bool = False) -> None:
+                         final: bool = False, sink_drained: bool = False) -> None:
         """Gateway (flushes) -> sink (drains into ClickHouse) -> agents. With a dead
         broker the agents go first, killed: nothing of theirs may reach the next broker.
-        ``kill_agents``: a roll's, whose state is all in the changelog by then. ``final``:
-        `sluice up` stops, and so does its HTTP server; else requests wait for the next."""
+        ``kill_agents``, ``sink_drained``: a roll's, whose agents' state is all in the
+        changelog and whose sink drained by then. ``final``: `sluice up` stops, and so does
+        its HTTP server; else requests wait for the next."""
         if broker_died:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
@@ -301,8 +302,9 @@ class Supervisor:
         began = time.monotonic()
         self._stop_gateway(final)
         if self.sink and self.sink_thread:
-            if not broker_died:
-                self.console.print("stopping: draining the sink into ClickHouse...")
+            if not broker_died and not sink_drained:
+                if final:
+                    self.console.print("stopping: draining the sink into ClickHouse...")
                 self._wait_sink_caught_up()
             self.sink.stop()
             self.sink_thread.join(STOP_WAIT_S)
@@ -409,12 +411,16 @@ class Supervisor:
                     "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait meanwhile",
                     (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
         self._stop_gateway()
+        # the sink drains into ClickHouse while the agents catch up
+        draining = threading.Thread(target=self._wait_sink_caught_up, name="roll-drain")
+        draining.start()
         agents = self.agents
         caught_up = agents_caught_up(  # a SIGTERM meanwhile: no next generation to wait for
             self.settings, DRAIN_WAIT_S, gone=lambda: agents is None or agents.poll() is not None
             or self.stopping.is_set())
+        draining.join()
         marks.append(time.monotonic())
-        self._stop_generation(kill_agents=True)  # the sink drains into ClickHouse first
+        self._stop_generation(kill_agents=True, sink_drained=True)
         carried = read_carried(self.settings) if caught_up else None
         self.broker.stop(kill=True)  # all it holds that counts is in ClickHouse and carried
         marks.append(time.monotonic())
@@ -425,8 +431,8 @@ class Supervisor:
         took = marks[-1] - marks[0]
         BROKER_ROLLS.labels("changelog" if carried is not None else "rebuild").inc()
         BROKER_ROLL_SECONDS.observe(took)
-        log.warning("rolled the embedded broker in %.1f s (%.1f s for the gateway to stop and the "
-                    "agents to catch up, %.1f s to drain the sink and carry, %.1f s to start the "
+        log.warning("rolled the embedded broker in %.1f s (%.1f s for the gateway to stop, the "
+                    "agents to catch up and the sink to drain, %.1f s to carry, %.1f s to start the "
                     "next generation; user state from %s); it holds %.0f MiB now, the next roll "
                     "at %.0f MiB", took, marks[1] - marks[0], marks[2] - marks[1],
                     marks[3] - marks[2], "the changelog" if carried is not None else "ClickHouse",

@@ -272,13 +272,18 @@ def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         answered = [s for s in window if s["m"]] or window
         last = answered[-1]["m"]
-        # from the last answered sample before the minute: what changed at its edge counts
-        before = [s for s in timed if s["t"] < minute * 60 and s["m"]][-1:]
-        counted = before + window
-        span = window[-1]["t"] - counted[0]["t"]
+        # what the run counted until the minute's end less what it had counted before it:
+        # a change at the minute's edge, or across a scrape that did not answer, counts
+        earlier = [s for s in timed if s["t"] < minute * 60]
+        upto = earlier + window
+        span = window[-1]["t"] - (earlier or window)[-1 if earlier else 0]["t"]
 
-        def rate(name: str, w: list[dict[str, Any]] = counted, dt: float = span) -> float:
-            return increase(w, name) / dt if dt else 0.0
+        def counted(name: str, a: list[dict[str, Any]] = earlier,
+                    b: list[dict[str, Any]] = upto) -> float:
+            return increase(b, name) - increase(a, name)
+
+        def rate(name: str, dt: float = span) -> float:
+            return counted(name) / dt if dt else 0.0
 
         # the agents' histogram starts again with each worker: the newest worker's share
         fresh = [s["m"]["freshness"] for s in answered if "freshness" in s["m"]] or [{}]
@@ -290,8 +295,8 @@ def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "acked_per_s": round(rate("sluice_events_accepted_total")),
             "stored_per_s": round(rate("sluice_sink_rows_total")),
             "applied_per_s": round(rate("sluice_agents_events_total")),
-            "non_2xx": int(increase(counted, "non_2xx")),
-            "rolls": int(increase(counted, "sluice_embedded_broker_rolls_total")),
+            "non_2xx": int(counted("non_2xx")),
+            "rolls": int(counted("sluice_embedded_broker_rolls_total")),
             "freshness_p50_s": quantile(fresh_a, fresh_b, 0.5),
             "freshness_p99_s": quantile(fresh_a, fresh_b, 0.99),
             "lag_max": {k[4:]: int(max(s["m"].get(k, 0) for s in window))

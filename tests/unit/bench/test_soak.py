@@ -46,3 +46,16 @@ def test_rates_and_totals_carry_over_a_rolls_restarted_worker_and_its_gap() -> N
     assert total["acked"] == 119_000
     assert total["applied"] == 59_000 + 56_000  # before the roll, and the new worker's
     assert total["rolls"] == 1 and total["tansu_max_mib"] == 30.0
+
+
+def test_a_roll_whose_gap_straddles_a_minute_counts_in_that_minute() -> None:
+    # the gateway does not answer from t=58 to t=64 (the agents do): the roll happened then
+    rows = []
+    for t in range(120):
+        gateway = {"sluice_events_accepted_total": 1000.0 * t,
+                   "sluice_embedded_broker_rolls_total": 0.0 if t < 60 else 1.0}
+        m = {"sluice_agents_events_total": 1000.0 * t} | ({} if 58 <= t < 64 else gateway)
+        rows.append({"t": float(t), "rss": {}, "m": m})
+    assert [r["rolls"] for r in per_minute(rows)] == [0, 1]
+    # the gap's events count in the minute that saw them answered, not lost
+    assert [round(r["acked_per_s"], -2) for r in per_minute(rows)] == [1000, 1000]

@@ -94,7 +94,7 @@ def agents_caught_up(settings: Settings, timeout_s: float,
             if time.monotonic() > deadline or gone():
                 log.warning("roll: the agents are still behind by %s messages (per partition) "
                             "after %.1f s%s", behind, timeout_s - (deadline - time.monotonic()),
-                            "; the worker died" if gone() else "")
+                            "; the worker died or sluice up is stopping" if gone() else "")
                 return False
             time.sleep(0.1)
     finally:

@@ -8,9 +8,10 @@ asset's labels at once, without re-ranking every user when the catalog changes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+import orjson
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
 from services.gateway.auth import ReadKey
@@ -20,6 +21,14 @@ from services.shared.ranking import UserState, label_weights, recommend
 
 router = APIRouter(tags=["Users"])
 UserIdPath = Annotated[str, Path(min_length=1, max_length=512)]
+
+
+def _json(content: object) -> Response:
+    """The answer as orjson writes it. The models below document it (OpenAPI) but are not
+    run per read: they only re-checked the shape the handlers build, and validating and
+    serializing the nested lists through pydantic held the reads of section 10 of the
+    benchmarks (50 readers back to back) to ~15% fewer recommendations a second."""
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 class LabelWeight(BaseModel):
@@ -48,15 +57,15 @@ class Recommendations(BaseModel):
 @router.get("/users/{user_id}/label-weights", response_model=LabelWeights,
             summary="A user's label weights, highest first")
 async def get_label_weights(_auth: ReadKey, user_id: UserIdPath, gateway: GatewayDep,
-                            program_id: ProgramId) -> dict[str, Any]:
+                            program_id: ProgramId) -> Response:
     record = await gateway.user_states.get(message_key(program_id, user_id))
     state = record.state if record else UserState()
-    return {
+    return _json({
         "user_id": user_id,
         "as_of": state.ref_ts,
         "events": record.events if record else 0,
         "label_weights": [{"label": k, "weight": w} for k, w in label_weights(state)],
-    }
+    })
 
 
 @router.get("/users/{user_id}/recommendations", response_model=Recommendations,
@@ -67,15 +76,11 @@ async def get_recommendations(
     gateway: GatewayDep,
     program_id: ProgramId,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-) -> dict[str, Any]:
+) -> Response:
     record = await gateway.user_states.get(message_key(program_id, user_id))
     state = record.state if record else UserState()
     popularity = await gateway.popularity.of(program_id)
     ranked = recommend(state, gateway.model_configs(program_id),
                        gateway.views.catalog(program_id), popularity, limit)
-    return {
-        "user_id": user_id,
-        "recommendations": [
-            {"asset_id": r.asset_id, "score": r.score, "labels": r.labels} for r in ranked
-        ],
-    }
+    # orjson writes a Recommendation (a dataclass) as {asset_id, score, labels}
+    return _json({"user_id": user_id, "recommendations": ranked})

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 
 from services.shared.clickhouse import Store
@@ -47,6 +46,7 @@ from services.shared.kafka import (
     producer_config,
 )
 from services.shared.settings import Settings
+from services.shared.topic_read import read_to_end
 from services.shared.users import UserRecord
 from services.sink.erased_letters import erased_topic
 from services.sink.letters import DeadLetter, read_all
@@ -125,34 +125,16 @@ def read_carried(settings: Settings, timeout_s: float = 60.0) -> Carried:
 
 
 def _newest_records(settings: Settings, topic: str, timeout_s: float) -> dict[bytes, tuple[int, bytes]]:
-    consumer = Consumer(client_config(settings) | {
-        "group.id": f"sluice-roll-{uuid.uuid4().hex}", "enable.auto.commit": False,
-        "enable.partition.eof": True, "fetch.wait.max.ms": 10,
-    })
+    """key -> (partition, value) of each key's newest record; a tombstone drops its key."""
     newest: dict[bytes, tuple[int, bytes]] = {}
-    try:
-        waiting = set(range(settings.events_partitions))
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in waiting])
-        deadline = time.monotonic() + timeout_s
-        while waiting:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} not read to its end within {timeout_s:.0f} s")
-            for message in consumer.consume(10_000, 0.1):
-                err = message.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        waiting.discard(message.partition() or 0)
-                        continue
-                    raise RuntimeError(f"reading {topic}: {err.str()}")
-                key, value = message.key(), message.value()
-                if key is None:
-                    continue
-                if value is None:
-                    newest.pop(key, None)
-                else:
-                    newest[key] = (message.partition() or 0, value)
-    finally:
-        consumer.close()
+    for message in read_to_end(settings, topic, timeout_s, batch=10_000):
+        key, value = message.key(), message.value()
+        if key is None:
+            continue
+        if value is None:
+            newest.pop(key, None)
+        else:
+            newest[key] = (message.partition() or 0, value)
     return newest
 
 

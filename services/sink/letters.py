@@ -1,36 +1,25 @@
 """The DLQ topic -> dead letters, read back: what ``sluice dlq`` lists and ``sluice replay`` puts back.
 
 A letter is one record the sink (services.sink.dlq) wrote: the original bytes, the reason
-and category, where it came from. Reading is with explicit assignment and no group (no
-session-timeout wait, nothing committed), from the start of each partition to its end. The
-end is where a fetch reports end-of-partition, not ListOffsets: Tansu's ListOffsets lags the
-log end by its last batch (see streams/recovery.py), its Fetch does not.
+and category, where it came from, read from the start of each partition to its end outside
+any group (services.shared.topic_read).
 
 Pure parts (:class:`Filter`, :func:`summarize`, :func:`excerpt`) need no broker.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import Message
 from rich.table import Table
 
-from services.shared.kafka import client_config
-from services.shared.kafka_security import REFUSED
 from services.shared.settings import Settings
+from services.shared.topic_read import TopicUnread, read_to_end
 from services.sink.dlq import REPLAY_OF
 
 
@@ -157,46 +146,14 @@ def excerpt(value: bytes, width: int = 80) -> str:
 def read_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[DeadLetter]:
     """Every record of ``topic``, partition by partition in offset order; none if the topic
     does not exist. :class:`BrokerError` when the broker does not answer."""
-    consumer = Consumer(client_config(settings) | {
-        "group.id": f"sluice-dlq-reader-{uuid.uuid4().hex}",
-        "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10,
-    })
+    by_partition: dict[int, list[DeadLetter]] = defaultdict(list)
     try:
-        try:
-            # all topics: asking for this one by name may auto-create it on some brokers
-            meta = consumer.list_topics(timeout=10).topics.get(topic)
-        except KafkaException as exc:
-            raise BrokerError(f"broker {settings.bootstrap} unreachable: {kafka_reason(exc)}") from None
-        if meta is None or meta.error is not None:
-            return
-        waiting = set(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in waiting])
-        by_partition: dict[int, list[DeadLetter]] = {p: [] for p in waiting}
-        deadline = time.monotonic() + timeout_s
-        while waiting:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"broker {settings.bootstrap}: {topic} not read to its end "
-                                  f"within {timeout_s:.0f}s")
-            for message in consumer.consume(1000, 0.1):
-                err = message.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        waiting.discard(message.partition() or 0)
-                        continue
-                    raise BrokerError(f"broker {settings.bootstrap}: {err.str()}")
-                deadline = time.monotonic() + timeout_s  # it moves: keep reading
-                by_partition[message.partition() or 0].append(_letter(message))
-        for partition in sorted(by_partition):
-            yield from by_partition[partition]
-    finally:
-        consumer.close()
-
-
-def kafka_reason(exc: KafkaException) -> str:
-    """The broker's refusal where there was one (a certificate, a password), else the error."""
-    consumer_error = exc.args[0] if exc.args else None
-    text = consumer_error.str() if isinstance(consumer_error, KafkaError) else str(exc)
-    return REFUSED.recent() or text
+        for message in read_to_end(settings, topic, timeout_s):
+            by_partition[message.partition() or 0].append(_letter(message))
+    except TopicUnread as exc:
+        raise BrokerError(str(exc)) from None
+    for partition in sorted(by_partition):
+        yield from by_partition[partition]
 
 
 def _letter(message: Message) -> DeadLetter:

@@ -51,6 +51,7 @@ from services.shared.kafka import (
     producer_config,
 )
 from services.shared.settings import Settings
+from services.shared.topic_read import kafka_reason
 from services.sink.dlq import REPLAY_HEADER, REPLAY_OF
 from services.sink.erased_letters import erased_topic, erased_users, is_erased
 from services.sink.letters import (
@@ -58,7 +59,6 @@ from services.sink.letters import (
     DeadLetter,
     Filter,
     excerpt,
-    kafka_reason,
     read_all,
 )
 

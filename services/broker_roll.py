@@ -19,8 +19,11 @@ counts.
 4. The broker restarts empty and gets that back: user records with their source position
    reset to "nothing applied yet" (the new events topic starts at offset 0 and everything of
    the old one is in them), the catalog from ClickHouse as at any start.
-5. Agents (with fresh local stores: they recover the carried records), sink and gateway
-   start again on the same ports.
+5. The agents (with fresh local stores: they recover the carried records) and the sink
+   start again, and the next gateway takes the requests at once, before the agents have
+   joined their group (3-4 s of Faust's start): writes wait only for steps 1-4, reads and
+   waits of user state also for the join (services.gateway.user_states: held, not failed).
+   The agents then apply the events taken meanwhile from offset 0 of the new topic.
 
 Nothing acked is lost or counted twice: every event acked before the roll is in ClickHouse
 and in the carried state (step 2), and the events topic the agents resume on holds only

@@ -34,7 +34,7 @@ broker.
   generations.
 - **The embedded broker is rolled over** before its memory reaches the bound: a planned
   generation that drains everything first and carries user state and dead letters over
-  (services.broker_roll).
+  (services.broker_roll); its gateway opens before its agents have joined.
 - **SIGTERM and SIGINT stop it with exit 0 in any phase**: while a generation starts they
   unwind it; while it serves they stop it in the order above.
 """
@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 AGENTS_BACKOFF_MAX_S = 30.0
 STOP_WAIT_S = 60.0  # for the gateway's and the sink's threads, each
 DRAIN_WAIT_S = 30.0  # for the sink to consume what the broker holds before it stops
+JOIN_WAIT_S = 60.0  # for a new agents worker to own its partitions
 
 
 def run_embedded(settings: Settings) -> None:
@@ -137,6 +138,8 @@ class Supervisor:
         self.generations = Generations(settings.retry_after_s)
         self.roll_at = roll_at(settings) if self.broker else None
         self.rows_written = 0
+        self.gateway_open_at = 0.0  # a roll's: when requests flowed again
+        self.carried_bytes = 0  # a roll's: what the new broker held before requests flowed
         self.stopping = threading.Event()
         self._unwind_on_signal = True  # while starting: a signal raises _Stop
         self.exit_code = 0
@@ -229,9 +232,22 @@ class Supervisor:
                 log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
                          "%s/ui", base, base, agents_base, base)
         assert self.agents is not None
-        wait_for_agents(settings, self.agents, console)
-        tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
-        self._start_gateway()
+        if carried is None:
+            wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
+            tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
+            self._start_gateway()
+            self.gateway_open_at = time.monotonic()
+        else:
+            # A roll: requests flow again as soon as the new broker holds what was carried;
+            # reads and waits of user state hold until the new agents own their partitions.
+            tune_gc(settings.gc_young_threshold)
+            self.carried_bytes = (self.broker.memory_bytes() or 0) if self.broker else 0
+            self._start_gateway(hold_user_states_s=JOIN_WAIT_S + 5)
+            self.gateway_open_at = time.monotonic()
+            try:
+                wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
+            finally:
+                self._release_user_states()
         self._unwind_on_signal = False
         if self.stopping.is_set():  # a signal between the last check and the line above
             raise _Stop
@@ -256,13 +272,20 @@ class Supervisor:
         self.sink_thread = threading.Thread(target=sink_main, name="sink")
         self.sink_thread.start()
 
-    def _start_gateway(self) -> None:
+    def _start_gateway(self, hold_user_states_s: float = 0.0) -> None:
         broker = self.broker
         self.app = create_app(self.settings, self.store,
-                              broker_bytes=broker.memory_bytes if broker else None)
+                              broker_bytes=broker.memory_bytes if broker else None,
+                              hold_user_states_s=hold_user_states_s)
         if self.server is None:
             self._start_server()
         self.generations.switch_to(self.app, STOP_WAIT_S)
+
+    def _release_user_states(self) -> None:
+        """The gateway's reads and waits of user state go ahead (see _start)."""
+        gateway = getattr(self.app.state, "gateway", None) if self.app is not None else None
+        if gateway is not None:
+            gateway.user_states.release()
 
     def _start_server(self) -> None:
         server = self.server = uvicorn.Server(uvicorn.Config(
@@ -320,6 +343,7 @@ class Supervisor:
         """The generation's gateway answers what it took, then ends (its producer flushes);
         new requests wait for the next one, or, ``final``, get a 503 and the server stops."""
         began = time.monotonic()
+        self._release_user_states()  # held reads answer (a stop while the agents join)
         if self.generations.loop is not None and final:
             # also when a roll had paused it: the requests waiting for the next get a 503
             self.generations.close(STOP_WAIT_S)
@@ -426,16 +450,21 @@ class Supervisor:
         marks.append(time.monotonic())
         self._start(first=False, carried=carried)
         marks.append(time.monotonic())
-        held = self.broker.memory_bytes() or 0
+        # from what the carry alone filled (requests flowed meanwhile: they count against
+        # the next roll, not for where it begins)
+        held = self.carried_bytes if carried is not None else self.broker.memory_bytes() or 0
         self.roll_at = roll_at(self.settings, held)
         took = marks[-1] - marks[0]
         BROKER_ROLLS.labels("changelog" if carried is not None else "rebuild").inc()
         BROKER_ROLL_SECONDS.observe(took)
-        log.warning("rolled the embedded broker in %.1f s (%.1f s for the gateway to stop, the "
-                    "agents to catch up and the sink to drain, %.1f s to carry, %.1f s to start the "
-                    "next generation; user state from %s); it holds %.0f MiB now, the next roll "
-                    "at %.0f MiB", took, marks[1] - marks[0], marks[2] - marks[1],
-                    marks[3] - marks[2], "the changelog" if carried is not None else "ClickHouse",
+        log.warning("rolled the embedded broker in %.1f s: requests waited %.1f s (%.1f s for "
+                    "the gateway to stop, the agents to catch up and the sink to drain, %.1f s to "
+                    "carry, %.1f s to start the next broker and gateway), reads of user state "
+                    "%.1f s more while the next agents joined (user state from %s); it held "
+                    "%.0f MiB before requests flowed, the next roll at %.0f MiB", took,
+                    self.gateway_open_at - marks[0], marks[1] - marks[0], marks[2] - marks[1],
+                    self.gateway_open_at - marks[2], marks[3] - self.gateway_open_at,
+                    "the changelog" if carried is not None else "ClickHouse",
                     held / 2**20, (self.roll_at or 0) / 2**20)
         if held >= (roll_at(self.settings) or held + 1):
             log.error("the carried state alone fills the embedded broker past its roll share: "

@@ -78,6 +78,8 @@ def _limit_fetch_wait(max_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread = ConsumerThread  # type: ignore[misc]
 
 
+SEEK_AGAIN_S = 1.0  # a seek back whose offset has not come by then is made again
+
 RECEIVED_AT = b'"received_at":"'
 
 
@@ -301,6 +303,15 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
     @app.timer(settings.agents_stall_s / 4)
     async def watch_stalls() -> None:
         await stalls.check()
+
+    @app.timer(SEEK_AGAIN_S / 2)
+    async def seek_again() -> None:
+        """A seek back whose offset never came, and no message since to notice it by."""
+        if late := order.overdue(SEEK_AGAIN_S):
+            for tp, offset in late.items():
+                log.warning("agents: partition %d did not bring offset %d %.0f s after a seek "
+                            "back; seeking again", tp.partition, offset, SEEK_AGAIN_S)
+            await order.seek_back(late)
 
     @app.page("/stats")
     async def get_stats(web: Any, request: Any) -> Any:

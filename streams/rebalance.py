@@ -31,6 +31,7 @@ Changelog partitions (compacted, read by recovery) are not checked.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -185,7 +186,8 @@ class SourceOrder:
     - an older one (read again after a stall's seek back to the committed offset): applied
       already in this assignment; not again, and acked as it was, so the commit moves;
     - a later one: a hole. It and what follows are skipped and the partition is sought
-      back to the offset due (again if it has not come after ``patience`` messages).
+      back to the offset due (again if it has not come after ``patience`` messages, or
+      within a second when no message comes to count them: :meth:`overdue`).
 
     Skipped messages are marked acked, so Faust never counts them as done (never commits
     past them); they are read again."""
@@ -197,6 +199,8 @@ class SourceOrder:
         # partition -> (assignment, offset due; None: the first that comes)
         self.due: dict[int, tuple[int, int | None]] = {}
         self.waiting: dict[int, int] = {}  # partition -> messages skipped since sought back
+        # partition -> (tp, offset, when) of a seek back whose offset has not come yet
+        self.sought: dict[int, tuple[Any, int, float]] = {}
         self.holes = 0
         BASELINE_LISTENERS.append(self.baseline)
 
@@ -228,6 +232,8 @@ class SourceOrder:
                 admitted.append(event)
                 self.due[partition] = (number, offset + 1)
                 self.waiting.pop(partition, None)
+                if self.sought:
+                    self.sought.pop(partition, None)
                 continue
             if offset < due:
                 continue  # applied in this assignment already: Faust acks it again
@@ -260,7 +266,24 @@ class SourceOrder:
         consumer = self.app.consumer
         for tp, offset in seeks.items():
             consumer._gap.pop(tp, None)  # Faust's "compaction gaps": none in this topic
+            self.sought[tp.partition] = (tp, offset, time.monotonic())
             try:
                 await consumer.seek(tp, offset)
             except Exception as exc:  # noqa: BLE001 - no longer ours: the next seek decides
                 log.info("agents: %s not sought back (%r)", tp, exc)
+
+    def overdue(self, after_s: float, now: float | None = None) -> dict[Any, int]:
+        """The seeks back to make again: their offset has not come ``after_s`` after the
+        seek, in the same assignment. Counting skipped messages (``patience``) misses a
+        seek that got lost when no message follows: the partition then waited for the
+        stall heal (streams.stalls), 20 s, as a new generation of `sluice up`'s agents did
+        with events published before they joined."""
+        now = time.monotonic() if now is None else now
+        number, late = self.current(), {}
+        for partition, (tp, offset, at) in list(self.sought.items()):
+            since, due = self.due.get(partition, (None, None))
+            if since != number or due != offset:
+                del self.sought[partition]  # moot: another assignment, or it came
+            elif now - at >= after_s:
+                late[tp] = offset
+        return late

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 RETRY_PAUSE_S = 0.1  # between asks of a moved partition's owner
 COPY_TIMEOUT_S = 0.5  # the most a read waits for the workers' copies, each time it asks
 DEPARTED_S = 60.0  # how long a worker the owner map no longer names is still asked for copies
+HOLD_POLL_S = 0.02  # how often a held read looks whether it was released
 
 
 class Moved(Exception):
@@ -59,10 +61,29 @@ class UserStates:
         self._session: aiohttp.ClientSession | None = None
         self._refresh: asyncio.Task[None] | None = None
         self.abandoned: str | None = None
+        self._held_until: float | None = None  # time.monotonic(); None: not held
+
+    # -- held while the next agents worker joins (set from the supervisor's thread) ---------
+    def hold(self, most_s: float) -> None:
+        """Reads and waits wait (at most ``most_s``) until :meth:`release`."""
+        self._held_until = time.monotonic() + most_s
+
+    def release(self) -> None:
+        self._held_until = None
+
+    async def _unheld(self, deadline: float | None = None) -> None:
+        """Once not held (released, or held too long), or at ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while (until := self._held_until) is not None and time.monotonic() < until:
+            if deadline is not None and loop.time() >= deadline:
+                return
+            await asyncio.sleep(HOLD_POLL_S)
 
     # -- reads ----------------------------------------------------------------------------
     async def get(self, key: bytes) -> UserRecord | None:
         """The user's record, from its owner; None for a user with no state yet."""
+        if self._held_until is not None:
+            await self._unheld()
         partition = partition_for(key, self._partition_count())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.agents_read_timeout_s
@@ -129,6 +150,8 @@ class UserStates:
             raise BrokerUnavailable(self.abandoned)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._held_until is not None:
+            await self._unheld(deadline)
         by_partition: dict[int, list[list[Any]]] = defaultdict(list)
         for key, (partition, offset) in targets.items():
             by_partition[partition].append([partition, offset, key.decode()])

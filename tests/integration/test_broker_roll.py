@@ -4,6 +4,7 @@ once, across rolls, while clients post and read without pause."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -20,7 +21,10 @@ from tests.integration.test_backpressure import gauges
 from tests.integration.test_supervisor import PORTS, sluice_up
 
 H = {"program-id": "shop"}
-BROKER_MB = 48  # Tansu starts at ~20 MiB: rolled at 60% (~29 MiB), every ~40 requests here
+# Tansu starts at ~20 MiB: rolled at 30% (~29 MiB), every ~40 requests here; writes flow
+# again before the next agents join, and 90% of the bound (backpressure) is ~14 s of them away
+BROKER_MB = 96
+PACE_S = 0.1  # each writer's pause after an acked request (~4 MB/s for both)
 USERS = [f"r{i}" for i in range(20)]
 
 
@@ -83,6 +87,7 @@ class Clients:
                 with self.lock:
                     self.acked.update(users)
                     self.slowest_post_s = max(self.slowest_post_s, time.monotonic() - began)
+                time.sleep(PACE_S)
 
     def read(self) -> None:
         with httpx.Client(base_url=self.base, headers=H, timeout=60) as http:
@@ -98,6 +103,7 @@ class Clients:
 
 
 ENV = {"SLUICE_EMBEDDED_BROKER_MAX_MB": str(BROKER_MB), "SLUICE_BACKPRESSURE_CHECK_S": "0.1",
+       "SLUICE_EMBEDDED_BROKER_ROLL_SHARE": "0.3",
        "SLUICE_KAFKA_COMPRESSION": "none", "SLUICE_QUEUE_UPDATES_DEFAULT": "true"}
 
 
@@ -149,6 +155,13 @@ def test_rolls_hold_the_broker_under_its_bound_and_keep_every_event_once(tmp_pat
         # requests waited for the rolls instead of being refused
         assert not clients.answers, (clients.answers, up.tail())
         assert set(clients.reads) == {"200"}, clients.reads
+        # requests flowed again before the next agents had joined: they waited less than the
+        # roll took (reads of user state waited for the agents)
+        timings = [(float(waited), float(took)) for took, waited in re.findall(
+            r"rolled the embedded broker in ([\d.]+) s: requests waited ([\d.]+) s",
+            (tmp_path / "up.log").read_text())]
+        assert len(timings) >= 2 and all(w < t for w, t in timings), timings
+        print(f"rolls (requests waited s, roll s): {timings}")
         print(f"acked {acked} events; broker at most {max(held) / 2**20:.0f} MiB; slowest post "
               f"{clients.slowest_post_s:.1f} s, read {clients.slowest_read_s:.1f} s")
 

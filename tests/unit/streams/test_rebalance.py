@@ -138,6 +138,33 @@ def test_a_seek_whose_offset_never_comes_is_made_again() -> None:
     assert admitted == [] and seeks == {TP(TOPIC, 0): 10}, "never goes on past a hole"
 
 
+def test_a_seek_whose_offset_does_not_come_in_a_second_is_made_again_without_messages() -> None:
+    """No message comes to count patience by (a new generation of `sluice up`'s agents,
+    events published before they joined, then none): the seek is made again by time."""
+    order = order_with(patience=1000)
+    order.baseline(1, 0, 0)
+    order.baseline(1, 1, 0)
+    _, seeks = order.admit(events(0, 61) + events(1, 5))
+    asyncio.run(order.seek_back(seeks))
+    sought_at = max(at for _, _, at in order.sought.values())
+    assert order.overdue(1.0, now=sought_at - 0.5) == {}
+    assert order.overdue(1.0, now=sought_at + 1.0) == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
+    admitted, _ = order.admit(events(1, 0, 1))  # partition 1's seek came
+    assert offsets(admitted) == [(1, 0), (1, 1)]
+    assert order.overdue(1.0, now=sought_at + 5) == {TP(TOPIC, 0): 0}
+
+
+def test_an_overdue_seek_of_an_earlier_assignment_is_not_made_again() -> None:
+    app = App(Consumer())
+    order = order_of(app)
+    order.baseline(1, 0, 0)
+    _, seeks = order.admit(events(0, 9))
+    asyncio.run(order.seek_back(seeks))
+    app.consumer_generation_id = 2  # a rebalance: the new assignment's seek decides
+    order.baseline(2, 0, 4)
+    assert order.overdue(0.0, now=order.sought[0][2] + 10) == {} and not order.sought
+
+
 def test_a_failed_batch_is_due_again() -> None:
     order = order_with()
     order.baseline(1, 0, 0)

@@ -187,3 +187,28 @@ def test_a_worker_the_map_stopped_naming_is_still_asked_for_its_copy() -> None:
         await users.close()
 
     run(test)
+
+
+def test_held_reads_and_waits_go_to_the_worker_once_released() -> None:
+    """A roll of `sluice up`'s broker opens the next gateway before its agents have joined:
+    its reads wait for the release instead of failing on a worker that is not there yet,
+    and a wait for a batch keeps to its own deadline."""
+    async def test(a: FakeWorker, _b: FakeWorker) -> None:
+        a.owners = {p: a.url for p in range(PARTITIONS)}
+        a.records = {KEY: record(4)}
+        users = states(a.url, timeout_s=0.3)
+        users.hold(30)
+        read = asyncio.ensure_future(users.get(KEY))
+        waited = asyncio.ensure_future(users.wait_applied({KEY: (PARTITION, 3)}, 0.5))
+        await asyncio.sleep(0.6)  # past the read timeout: still held, not failed
+        assert not read.done() and a.asked == []
+        assert await waited is False, "the wait's own deadline holds"
+        a.serving = set(range(PARTITIONS))  # the worker joined
+        users.release()
+        got = await asyncio.wait_for(read, 2)
+        assert got is not None and got.events == 4 and a.asked == ["user"]
+        users.hold(0.2)  # held too long (the worker never came): reads go ahead
+        assert (await asyncio.wait_for(users.get(KEY), 2)).events == 4  # type: ignore[union-attr]
+        await users.close()
+
+    run(test)

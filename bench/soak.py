@@ -348,7 +348,7 @@ def soak_table(r: dict[str, Any]) -> Table:
                          f"({'flat' if v['flat'] else 'GROWS'})" for name, v in r["verdict"].items())
     total = r["totals"]
     rolls = (f"{total['rolls']} rolls, {total['roll_mean_s']} s each on average: requests "
-             "waited meanwhile" if total["rolls"] else "no roll")
+             "waited for part of each" if total["rolls"] else "no roll")
     t.caption = (f"After {WARMUP_MIN} min of warm-up: {verdicts}. Tansu at most "
                  f"{total['tansu_max_mib']:,.0f} MiB (bound {total['broker_max_mb']:,} MiB; "
                  f"{rolls}). Over the run: acked {total['acked']:,}, stored "

@@ -432,7 +432,8 @@ class Supervisor:
         assert self.broker is not None
         marks = [time.monotonic()]
         log.warning("rolling the embedded broker over to a new one: it holds %.0f MiB (roll at "
-                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait meanwhile",
+                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait until it holds what is "
+                    "carried over",
                     (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
         self._stop_gateway()
         # the sink drains into ClickHouse while the agents catch up

@@ -61,7 +61,7 @@ from services.gateway.app import create_app
 from services.shared import kafka_security
 from services.shared.broker import EmbeddedBroker
 from services.shared.clickhouse import Store
-from services.shared.gc_tuning import tune_gc
+from services.shared.gc_tuning import limit_malloc_arenas, tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.logs import log_config
@@ -80,6 +80,7 @@ JOIN_WAIT_S = 60.0  # for a new agents worker to own its partitions
 
 
 def run_embedded(settings: Settings) -> None:
+    limit_malloc_arenas(settings.malloc_arenas)  # before any thread starts: see gc_tuning
     # SLUICE_LOG_FORMAT=json: stderr carries JSON lines only; what the console says for
     # people (banner, progress bar) is logged instead
     console = Console(stderr=True, quiet=settings.log_format == "json")

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         "allocations, after freezing what exists at start (CPython's default: 700; 0 keeps "
         "Python's defaults). See services/shared/gc_tuning.py for why and what it measured."
     )
+    malloc_arenas: int = Field(
+        2, ge=0, description="`sluice up`: at most this many glibc malloc arenas for its "
+        "threads (0: glibc's default, 8 per core). Each roll of the embedded broker starts "
+        "its threads anew, and with the default every roll kept ~30 MiB more "
+        "(services/shared/gc_tuning.py)."
+    )
 
     # --- Gateway -----------------------------------------------------------------------
     http_host: str = "127.0.0.1"

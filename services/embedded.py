@@ -48,14 +48,12 @@ import threading
 import time
 from types import FrameType
 
-import uvicorn
 from confluent_kafka import KafkaException
-from fastapi import FastAPI
 from rich.console import Console
 
 from services import verify_commands
 from services.broker_roll import Carried, agents_caught_up, read_carried, roll_at, write_carried
-from services.embedded_gateway import Generations
+from services.embedded_gateway import GatewayServer
 from services.embedded_processes import ports_taken, start_agents, wait_for_agents
 from services.gateway.app import create_app
 from services.shared import kafka_security
@@ -64,7 +62,6 @@ from services.shared.clickhouse import Store
 from services.shared.gc_tuning import limit_malloc_arenas, tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.lag import group_lag, offsets_reader
-from services.shared.logs import log_config
 from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
 from services.sink.consume import Sink
@@ -131,12 +128,9 @@ class Supervisor:
         self.sink: Sink | None = None
         self.sink_thread: threading.Thread | None = None
         self.sink_failed = False
-        self.server: uvicorn.Server | None = None
-        self.app: FastAPI | None = None
-        self.server_thread: threading.Thread | None = None
         # one server for the whole run, serving each generation's gateway app in turn:
         # between two, requests wait on their open connections (services.embedded_gateway)
-        self.generations = Generations(settings.retry_after_s)
+        self.server = GatewayServer(settings, STOP_WAIT_S)
         self.roll_at = roll_at(settings) if self.broker else None
         self.rows_written = 0
         self.gateway_open_at = 0.0  # a roll's: when requests flowed again
@@ -248,7 +242,7 @@ class Supervisor:
             try:
                 wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
             finally:
-                self._release_user_states()
+                self.server.release_user_states()
         self._unwind_on_signal = False
         if self.stopping.is_set():  # a signal between the last check and the line above
             raise _Stop
@@ -275,35 +269,9 @@ class Supervisor:
 
     def _start_gateway(self, hold_user_states_s: float = 0.0) -> None:
         broker = self.broker
-        self.app = create_app(self.settings, self.store,
-                              broker_bytes=broker.memory_bytes if broker else None,
-                              hold_user_states_s=hold_user_states_s)
-        if self.server is None:
-            self._start_server()
-        self.generations.switch_to(self.app, STOP_WAIT_S)
-
-    def _release_user_states(self) -> None:
-        """The gateway's reads and waits of user state go ahead (see _start)."""
-        gateway = getattr(self.app.state, "gateway", None) if self.app is not None else None
-        if gateway is not None:
-            gateway.user_states.release()
-
-    def _start_server(self) -> None:
-        server = self.server = uvicorn.Server(uvicorn.Config(
-            self.generations, host=self.settings.http_host, lifespan="on",
-            port=self.settings.http_port, log_level="warning", access_log=False,
-            log_config=log_config(self.settings.log_format),
-        ))
-        # Off the main thread uvicorn installs no signal handlers: this supervisor's stay.
-        self.server_thread = threading.Thread(target=server.run, name="gateway")
-        self.server_thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and self.server_thread.is_alive():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start in 30 s")
-            time.sleep(0.02)
-        if not server.started:
-            raise RuntimeError(f"the gateway could not serve on port {self.settings.http_port}")
+        self.server.open(create_app(self.settings, self.store,
+                                    broker_bytes=broker.memory_bytes if broker else None,
+                                    hold_user_states_s=hold_user_states_s))
 
     def _stop_generation(self, broker_died: bool = False, kill_agents: bool = False,
                          final: bool = False, sink_drained: bool = False) -> None:
@@ -316,15 +284,15 @@ class Supervisor:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
                 self.sink.abandon()
-            if self.app:  # requests waiting for its acks get their 503 now, not at timeout
-                gateway = getattr(self.app.state, "gateway", None)
-                if gateway is not None:  # and those waiting for a store or a state that
-                    reason = "the embedded broker died"  # may never come: retry them
-                    gateway.publisher.abandon(reason)
-                    gateway.progress.abandon(reason)
-                    gateway.user_states.abandon(reason)
+            # requests waiting for its acks get their 503 now, not at timeout, and those
+            # waiting for a store or a state that may never come: retry them
+            if (gateway := self.server.gateway) is not None:
+                reason = "the embedded broker died"
+                gateway.publisher.abandon(reason)
+                gateway.progress.abandon(reason)
+                gateway.user_states.abandon(reason)
         began = time.monotonic()
-        self._stop_gateway(final)
+        self.server.stop(final)
         if self.sink and self.sink_thread:
             if not broker_died and not sink_drained:
                 if final:
@@ -339,26 +307,6 @@ class Supervisor:
             log.info("sink stopped in %.1f s", time.monotonic() - began)
         self.sink = self.sink_thread = None
         self._stop_agents(kill=kill_agents)
-
-    def _stop_gateway(self, final: bool = False) -> None:
-        """The generation's gateway answers what it took, then ends (its producer flushes);
-        new requests wait for the next one, or, ``final``, get a 503 and the server stops."""
-        began = time.monotonic()
-        self._release_user_states()  # held reads answer (a stop while the agents join)
-        if self.generations.loop is not None and final:
-            # also when a roll had paused it: the requests waiting for the next get a 503
-            self.generations.close(STOP_WAIT_S)
-        elif self.generations.loop is not None and self.app is not None:
-            self.generations.pause(STOP_WAIT_S)
-        if self.app is not None:
-            log.info("gateway stopped in %.1f s", time.monotonic() - began)
-        self.app = None
-        if final and self.server and self.server_thread:
-            self.server.should_exit = True
-            self.server_thread.join(STOP_WAIT_S)
-            if self.server_thread.is_alive():
-                log.error("the gateway's server did not stop in %.0f s", STOP_WAIT_S)
-            self.server = self.server_thread = None
 
     def _wait_sink_caught_up(self) -> None:
         """Before the sink stops: let it consume what the broker holds (its group's lag to
@@ -407,7 +355,7 @@ class Supervisor:
                 self._roll_broker()
             elif self.agents is not None and self.agents.poll() is not None:
                 self._restart_agents()
-            elif self.server_thread is not None and not self.server_thread.is_alive():
+            elif self.server.died():
                 log.error("the gateway stopped on its own; stopping")
                 self.exit_code = 1
                 return
@@ -436,7 +384,7 @@ class Supervisor:
                     "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait until it holds what is "
                     "carried over",
                     (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
-        self._stop_gateway()
+        self.server.stop()
         # the sink drains into ClickHouse while the agents catch up
         draining = threading.Thread(target=self._wait_sink_caught_up, name="roll-drain")
         draining.start()

@@ -8,20 +8,28 @@ broker in tests/integration/test_broker_roll.py). So one uvicorn server serves t
 for good: it hands each request to the current generation's app, and between two
 generations requests wait on their open connections until the next one is up. Each app's
 lifespan (its producer, threads) is entered and left here, on the server's event loop, as
-uvicorn would.
+uvicorn would. :class:`GatewayServer` is that server's life as the supervisor sees it: open
+with an app, pause between generations, stop at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
+import uvicorn
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
+
+from services.gateway.deps import Gateway
+from services.shared.logs import log_config
+from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +137,74 @@ class Generations:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"retry-after", str(self.retry_after_s).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class GatewayServer:
+    """`sluice up`'s HTTP server: one uvicorn server on its own thread for the whole run,
+    serving each generation's gateway app in turn (:class:`Generations`). Off the main
+    thread uvicorn installs no signal handlers: the supervisor's stay."""
+
+    def __init__(self, settings: Settings, stop_wait_s: float) -> None:
+        self.settings = settings
+        self.stop_wait_s = stop_wait_s
+        self.generations = Generations(settings.retry_after_s)
+        self.app: FastAPI | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def gateway(self) -> Gateway | None:
+        """The current app's per-process objects (None between generations)."""
+        return getattr(self.app.state, "gateway", None) if self.app is not None else None
+
+    def died(self) -> bool:
+        """The server stopped on its own (started, and its thread ended)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def open(self, app: FastAPI) -> None:
+        """Serve ``app`` from now on (starting the server on the first call)."""
+        self.app = app
+        if self._server is None:
+            self._start()
+        self.generations.switch_to(app, self.stop_wait_s)
+
+    def release_user_states(self) -> None:
+        """The app's held reads and waits of user state go ahead (a roll's agents joined)."""
+        if (gateway := self.gateway) is not None:
+            gateway.user_states.release()
+
+    def stop(self, final: bool = False) -> None:
+        """The app answers what it took, then ends (its producer flushes); new requests
+        wait for the next one, or, ``final``, get a 503 and the server stops."""
+        began = time.monotonic()
+        self.release_user_states()  # held reads answer (a stop while the agents join)
+        if self.generations.loop is not None and final:
+            # also when a roll had paused it: the requests waiting for the next get a 503
+            self.generations.close(self.stop_wait_s)
+        elif self.generations.loop is not None and self.app is not None:
+            self.generations.pause(self.stop_wait_s)
+        if self.app is not None:
+            log.info("gateway stopped in %.1f s", time.monotonic() - began)
+        self.app = None
+        if final and self._server and self._thread:
+            self._server.should_exit = True
+            self._thread.join(self.stop_wait_s)
+            if self._thread.is_alive():
+                log.error("the gateway's server did not stop in %.0f s", self.stop_wait_s)
+            self._server = self._thread = None
+
+    def _start(self) -> None:
+        server = self._server = uvicorn.Server(uvicorn.Config(
+            self.generations, host=self.settings.http_host, lifespan="on",
+            port=self.settings.http_port, log_level="warning", access_log=False,
+            log_config=log_config(self.settings.log_format),
+        ))
+        self._thread = threading.Thread(target=server.run, name="gateway")
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start in 30 s")
+            time.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"the gateway could not serve on port {self.settings.http_port}")

@@ -50,3 +50,39 @@ print(json.dumps([alone == start, gc.get_threshold()[0]]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == [True, 50_000]
+
+
+ARENAS = """
+import ctypes, ctypes.util, sys, tempfile, threading
+from services.shared.gc_tuning import limit_malloc_arenas
+limited = limit_malloc_arenas(int(sys.argv[1]))
+held, barrier = [], threading.Barrier(8)
+def work():
+    barrier.wait()  # all at once: contended, glibc hands out arenas
+    held.extend(bytes(200_000 + i) for i in range(20))  # malloc'd, past Python's allocator
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    fp = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    print(limited, open(out.name).read().count("<heap nr="))
+"""
+
+
+def arenas_after_threads(limit: int) -> tuple[bool, int]:
+    done = subprocess.run([sys.executable, "-c", ARENAS, str(limit)], capture_output=True,
+                          text=True, check=True, cwd=".")
+    limited, heaps = done.stdout.split()
+    return limited == "True", int(heaps)
+
+
+def test_malloc_arenas_are_limited_for_the_threads_started_after() -> None:
+    """`sluice up` keeps to SLUICE_MALLOC_ARENAS: each broker roll's new threads otherwise
+    got arenas of their own, and what they freed stayed (~30 MiB a roll)."""
+    assert arenas_after_threads(2) == (True, 2)
+    limited, heaps = arenas_after_threads(0)  # glibc's default: up to 8 per core
+    assert not limited and heaps > 2, heaps

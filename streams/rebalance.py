@@ -199,8 +199,9 @@ class SourceOrder:
         # partition -> (assignment, offset due; None: the first that comes)
         self.due: dict[int, tuple[int, int | None]] = {}
         self.waiting: dict[int, int] = {}  # partition -> messages skipped since sought back
-        # partition -> (tp, offset, when) of a seek back whose offset has not come yet
-        self.sought: dict[int, tuple[Any, int, float]] = {}
+        # partition -> (tp, offset, when, seeks so far) of a seek back whose offset has not
+        # come yet
+        self.sought: dict[int, tuple[Any, int, float, int]] = {}
         self.holes = 0
         BASELINE_LISTENERS.append(self.baseline)
 
@@ -266,7 +267,9 @@ class SourceOrder:
         consumer = self.app.consumer
         for tp, offset in seeks.items():
             consumer._gap.pop(tp, None)  # Faust's "compaction gaps": none in this topic
-            self.sought[tp.partition] = (tp, offset, time.monotonic())
+            _, before, _, made = self.sought.get(tp.partition, (tp, None, 0.0, 0))
+            self.sought[tp.partition] = (tp, offset, time.monotonic(),
+                                         made + 1 if before == offset else 1)
             try:
                 await consumer.seek(tp, offset)
             except Exception as exc:  # noqa: BLE001 - no longer ours: the next seek decides
@@ -274,16 +277,18 @@ class SourceOrder:
 
     def overdue(self, after_s: float, now: float | None = None) -> dict[Any, int]:
         """The seeks back to make again: their offset has not come ``after_s`` after the
-        seek, in the same assignment. Counting skipped messages (``patience``) misses a
-        seek that got lost when no message follows: the partition then waited for the
-        stall heal (streams.stalls), 20 s, as a new generation of `sluice up`'s agents did
-        with events published before they joined."""
+        seek (twice that after a second seek, and so on: a fetch slower than that, on a
+        starved box, is not cut short again and again), in the same assignment. Counting
+        skipped messages (``patience``) misses a seek that got lost when no message
+        follows: the partition then waited for the stall heal (streams.stalls), 20 s, as a
+        new generation of `sluice up`'s agents did with events published before they
+        joined."""
         now = time.monotonic() if now is None else now
         number, late = self.current(), {}
-        for partition, (tp, offset, at) in list(self.sought.items()):
+        for partition, (tp, offset, at, seeks) in list(self.sought.items()):
             since, due = self.due.get(partition, (None, None))
             if since != number or due != offset:
                 del self.sought[partition]  # moot: another assignment, or it came
-            elif now - at >= after_s:
+            elif now - at >= after_s * 2 ** (seeks - 1):
                 late[tp] = offset
         return late

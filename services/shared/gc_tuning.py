@@ -58,7 +58,7 @@ def limit_malloc_arenas(arenas: int) -> bool:
     to 8 per core, and keeps what is freed in each: `sluice up` starts a generation's
     threads anew at every roll of its broker (producers, consumers, the sink), and grew
     ~30 MiB a roll that way, 467 -> 671 MiB over 7 rolls in 5 minutes at 20k events/s;
-    with 2 arenas 458 -> 540 MiB, as flat as without rolls (bench section 13)."""
+    with 2 arenas 461 -> 519 MiB, flat after the first minute (docs/benchmarks.md, 13)."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt") or arenas <= 0:
         return False

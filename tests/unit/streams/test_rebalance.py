@@ -146,12 +146,17 @@ def test_a_seek_whose_offset_does_not_come_in_a_second_is_made_again_without_mes
     order.baseline(1, 1, 0)
     _, seeks = order.admit(events(0, 61) + events(1, 5))
     asyncio.run(order.seek_back(seeks))
-    sought_at = max(at for _, _, at in order.sought.values())
+    sought_at = max(at for _, _, at, _ in order.sought.values())
     assert order.overdue(1.0, now=sought_at - 0.5) == {}
     assert order.overdue(1.0, now=sought_at + 1.0) == {TP(TOPIC, 0): 0, TP(TOPIC, 1): 0}
     admitted, _ = order.admit(events(1, 0, 1))  # partition 1's seek came
     assert offsets(admitted) == [(1, 0), (1, 1)]
-    assert order.overdue(1.0, now=sought_at + 5) == {TP(TOPIC, 0): 0}
+    late = order.overdue(1.0, now=sought_at + 5)
+    assert late == {TP(TOPIC, 0): 0}
+    asyncio.run(order.seek_back(late))  # made again: the next after twice as long
+    again_at = order.sought[0][2]
+    assert order.overdue(1.0, now=again_at + 1.5) == {}
+    assert order.overdue(1.0, now=again_at + 2.0) == {TP(TOPIC, 0): 0}
 
 
 def test_an_overdue_seek_of_an_earlier_assignment_is_not_made_again() -> None:

@@ -148,14 +148,14 @@ class GatewayServer:
         self.settings = settings
         self.stop_wait_s = stop_wait_s
         self.generations = Generations(settings.retry_after_s)
-        self.app: FastAPI | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def gateway(self) -> Gateway | None:
         """The current app's per-process objects (None between generations)."""
-        return getattr(self.app.state, "gateway", None) if self.app is not None else None
+        app = self.generations.app
+        return getattr(app.state, "gateway", None) if app is not None else None
 
     def died(self) -> bool:
         """The server stopped on its own (started, and its thread ended)."""
@@ -163,7 +163,6 @@ class GatewayServer:
 
     def open(self, app: FastAPI) -> None:
         """Serve ``app`` from now on (starting the server on the first call)."""
-        self.app = app
         if self._server is None:
             self._start()
         self.generations.switch_to(app, self.stop_wait_s)
@@ -177,15 +176,15 @@ class GatewayServer:
         """The app answers what it took, then ends (its producer flushes); new requests
         wait for the next one, or, ``final``, get a 503 and the server stops."""
         began = time.monotonic()
+        serving = self.generations.app is not None
         self.release_user_states()  # held reads answer (a stop while the agents join)
         if self.generations.loop is not None and final:
             # also when a roll had paused it: the requests waiting for the next get a 503
             self.generations.close(self.stop_wait_s)
-        elif self.generations.loop is not None and self.app is not None:
+        elif self.generations.loop is not None and serving:
             self.generations.pause(self.stop_wait_s)
-        if self.app is not None:
+        if serving:
             log.info("gateway stopped in %.1f s", time.monotonic() - began)
-        self.app = None
         if final and self._server and self._thread:
             self._server.should_exit = True
             self._thread.join(self.stop_wait_s)

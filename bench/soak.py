@@ -242,7 +242,8 @@ def totals(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def slowest_s(hey_output: str) -> float | None:
-    """hey's slowest request: a request that came during a roll of the broker waited it out."""
+    """hey's slowest request (before 2026-12-06, one that came during a roll of the broker
+    waited for part of it)."""
     found = re.search(r"Slowest:\s+([\d.]+) secs", hey_output)
     return float(found.group(1)) if found else None
 
@@ -347,8 +348,8 @@ def soak_table(r: dict[str, Any]) -> Table:
     verdicts = "; ".join(f"{name} {v['mib']} MiB, {v['mib_per_hour']:+} MiB/h "
                          f"({'flat' if v['flat'] else 'GROWS'})" for name, v in r["verdict"].items())
     total = r["totals"]
-    rolls = (f"{total['rolls']} rolls, {total['roll_mean_s']} s each on average: requests "
-             "waited for part of each" if total["rolls"] else "no roll")
+    rolls = (f"{total['rolls']} rolls, {total['roll_mean_s']} s each on average, the two "
+             "brokers' RSS summed meanwhile" if total["rolls"] else "no roll")
     t.caption = (f"After {WARMUP_MIN} min of warm-up: {verdicts}. Tansu at most "
                  f"{total['tansu_max_mib']:,.0f} MiB (bound {total['broker_max_mb']:,} MiB; "
                  f"{rolls}). Over the run: acked {total['acked']:,}, stored "

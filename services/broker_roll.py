@@ -6,29 +6,36 @@ SLUICE_EMBEDDED_BROKER_ROLL_SHARE of SLUICE_EMBEDDED_BROKER_MAX_MB, the supervis
 (services.embedded) rolls it over: a planned generation that carries over only what still
 counts.
 
-1. The gateway's app stops taking requests; the HTTP server stays up, so requests that come
-   meanwhile wait on their connections and the next gateway answers them
-   (services.embedded_gateway): none is refused, they wait for the roll.
-2. The sink drains into ClickHouse, and the agents apply what is left: the roll waits until
-   their group's committed offsets reach every events partition's end (read with a Fetch:
-   Tansu's ListOffsets trails its last batch, streams.recovery). The agents commit an offset
-   only once its events' state is in the changelog.
-3. What outlives the broker is read from it: each user's newest record in the changelog, and
-   every record of the dead-letter topic and its two marker topics (verbatim, in order, so
-   letters keep their partition:offset names).
-4. The broker restarts empty and gets that back: user records with their source position
-   reset to "nothing applied yet" (the new events topic starts at offset 0 and everything of
-   the old one is in them), the catalog from ClickHouse as at any start.
-5. The agents (with fresh local stores: they recover the carried records) and the sink
-   start again, and the next gateway takes the requests at once, before the agents have
-   joined their group (3-4 s of Faust's start): writes wait only for steps 1-4, reads and
-   waits of user state also for the join (services.gateway.user_states: held, not failed).
-   The agents then apply the events taken meanwhile from offset 0 of the new topic.
+1. The next broker starts beside the old one, on a port of its own (the configured port is a
+   front that forwards to the current one: services.shared.broker.BrokerFront), and gets
+   the asset catalog and the dead letters with their markers (:func:`copy_assets`,
+   :func:`copy_letters`), before anything else is written to it.
+2. The next generation's gateway app takes every new request from then on, publishing to
+   the next broker; the old app answers what it took, then ends (services.embedded_gateway).
+   Requests never wait for a roll. Waits for user state (``queue_updates=false``,
+   ``wait=user``) hold until the next agents own their partitions; reads are answered by
+   the old agents meanwhile (services.gateway.user_states: held, not failed). The catalog
+   records the old app wrote meanwhile follow (an asset's newest ``updated_at`` wins, in
+   whatever order its records come).
+3. On the old broker, which nobody writes to any more, the sink drains into ClickHouse and
+   the agents apply what is left: the roll waits until their group's committed offsets
+   reach every events partition's end (read with a Fetch: Tansu's ListOffsets trails its
+   last batch, streams.recovery). The agents commit an offset only once its events' state
+   is in the changelog.
+4. What outlives the old broker is read from it: each user's newest record in the
+   changelog, and every record of the dead-letter topic and its two marker topics
+   (verbatim, in order, so letters keep their partition:offset names). Then it stops, and
+   its memory is free.
+5. The next broker gets that: user records with their source position reset to "nothing
+   applied yet" (everything of the old events topic is in them, and the next one holds only
+   later events), then the letters, before the next sink writes any.
+6. The agents (with fresh local stores: they recover the carried records) and the sink
+   start on the next broker; the agents apply the events taken since step 2 from offset 0.
 
-Nothing acked is lost or counted twice: every event acked before the roll is in ClickHouse
-and in the carried state (step 2), and the events topic the agents resume on holds only
-later ones. Agents that do not catch up within the wait (or die meanwhile) make the roll
-rebuild user state from ClickHouse instead, as a start does: slower, equally right.
+Nothing acked is lost or counted twice: every event acked before the switch is in
+ClickHouse and in the carried state (step 3), and the events topic the next agents read
+holds only later ones. Agents that do not catch up within the wait (or die meanwhile) make
+the roll rebuild user state from ClickHouse instead, as a start does: slower, equally right.
 """
 
 from __future__ import annotations
@@ -36,25 +43,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust.types import TP
 
-from services.shared.clickhouse import Store
 from services.shared.kafka import (
     client_config,
     ensure_compacted_topic,
     produce_waiting,
     producer_config,
 )
+from services.shared.lag import group_lag, offsets_reader
 from services.shared.settings import Settings
 from services.shared.topic_read import read_to_end
 from services.shared.users import UserRecord
 from services.sink.erased_letters import erased_topic
 from services.sink.letters import DeadLetter, read_all
 from services.sink.replay import marker_topic
-from streams.rebuild import Rebuilt, republish_assets
+from streams.rebuild import Rebuilt
 from streams.recovery import fetched_ends
 
 log = logging.getLogger(__name__)
@@ -104,12 +110,27 @@ def agents_caught_up(settings: Settings, timeout_s: float,
         consumer.close()
 
 
-@dataclass
-class Carried:
-    """What a roll takes from the old broker to the new one."""
-
-    users: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # key -> (partition, record)
-    letters: dict[str, list[DeadLetter]] = field(default_factory=dict)  # what -> its records
+def sink_caught_up(settings: Settings, timeout_s: float) -> bool:
+    """Whether the sink's group consumed what the broker holds (lag zero) within
+    ``timeout_s``; True at once when the broker does not answer (nothing more can be
+    fetched)."""
+    topics = [settings.topic_events, settings.topic_assets]
+    reader = offsets_reader(settings, settings.sink_group)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                behind = sum(p.lag for p in group_lag(reader, settings.sink_group, topics))
+            except KafkaException:
+                return True
+            if behind == 0:
+                # Tansu's end offsets may trail a batch: one more batch window
+                time.sleep(settings.sink_batch_seconds + 0.1)
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        reader.close()
 
 
 def carried_topics(settings: Settings) -> dict[str, str]:
@@ -118,19 +139,11 @@ def carried_topics(settings: Settings) -> dict[str, str]:
             "erased": erased_topic(settings)}
 
 
-def read_carried(settings: Settings, timeout_s: float = 60.0) -> Carried:
-    """The newest record of every user in the changelog (erased users' tombstones drop
-    them) and every record of the carried topics."""
-    carried = Carried(users=_newest_records(settings, settings.topic_user_state, timeout_s))
-    for what, topic in carried_topics(settings).items():
-        carried.letters[what] = list(read_all(settings, topic, timeout_s))
-    return carried
-
-
-def _newest_records(settings: Settings, topic: str, timeout_s: float) -> dict[bytes, tuple[int, bytes]]:
-    """key -> (partition, value) of each key's newest record; a tombstone drops its key."""
+def read_users(settings: Settings, timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
+    """key -> (partition, value) of each user's newest record in the changelog; an erased
+    user's tombstone drops it."""
     newest: dict[bytes, tuple[int, bytes]] = {}
-    for message in read_to_end(settings, topic, timeout_s, batch=10_000):
+    for message in read_to_end(settings, settings.topic_user_state, timeout_s, batch=10_000):
         key, value = message.key(), message.value()
         if key is None:
             continue
@@ -141,28 +154,80 @@ def _newest_records(settings: Settings, topic: str, timeout_s: float) -> dict[by
     return newest
 
 
-def write_carried(settings: Settings, store: Store, carried: Carried) -> Rebuilt:
-    """Into the new, empty broker: the catalog (from ClickHouse), the users' records with
-    nothing of the new events topic applied yet, the carried topics' records as they were."""
+def write_users(settings: Settings, users: dict[bytes, tuple[int, bytes]]) -> Rebuilt:
+    """Into the next broker's changelog, before its agents start: the users' records with
+    nothing of its events topic applied yet."""
     producer = Producer(producer_config(settings))
-    result = Rebuilt(assets=republish_assets(settings, store, producer))
-    for key, (partition, raw) in carried.users.items():
+    result = Rebuilt()
+    for key, (partition, raw) in users.items():
         record = UserRecord.decode(raw)
         record.partition, record.offset = partition, -1
         produce_waiting(producer, settings.topic_user_state, record.encode(), key,
                         partition=partition)
         result.users += 1
         result.events += record.events
-    for what, topic in carried_topics(settings).items():
-        letters = carried.letters.get(what, [])
+    if producer.flush(60) > 0:
+        raise RuntimeError("the next broker did not take the carried user state")
+    return result
+
+
+def copy_letters(old: Settings, new: Settings, after: dict[str, dict[int, int]] | None = None,
+                 timeout_s: float = 30.0) -> dict[str, dict[int, int]]:
+    """The dead letters and their markers, verbatim and in order, from the old broker to
+    the next, or with ``after`` (what a first copy returned) those written since. Returns
+    each topic's end per partition. The first copy comes before the next sink writes any
+    letter, so letters keep their names (partition:offset), which markers and replays use;
+    one the old sink wrote while it drained can only follow the next sink's own, and a
+    WARNING names it when its name changed."""
+    ends: dict[str, dict[int, int]] = {}
+    producer = Producer(producer_config(new))
+    for topic, to in zip(carried_topics(old).values(), carried_topics(new).values(), strict=True):
+        since = (after or {}).get(topic, {})
+        ends[topic] = dict(since)
+        letters = [letter for letter in read_all(old, topic, timeout_s)
+                   if letter.offset >= since.get(letter.partition, 0)]
         if not letters:
             continue
-        if topic != settings.topic_dlq:  # the markers' topics exist once something was marked
-            ensure_compacted_topic(settings, topic)
+        if topic != old.topic_dlq:  # the markers' topics exist once something was marked
+            ensure_compacted_topic(new, to)
         for letter in letters:
-            produce_waiting(producer, topic, letter.value, letter.key,
+            produce_waiting(producer, to, letter.value, letter.key,
                             headers=list(letter.headers.items()), partition=letter.partition,
                             timestamp_ms=letter.timestamp_ms)
-    if producer.flush(60) > 0:
-        raise RuntimeError("the new broker did not take the carried state")
-    return result
+            ends[topic][letter.partition] = letter.offset + 1
+        if producer.flush(timeout_s) > 0:
+            raise RuntimeError(f"the next broker did not take the records of {to}")
+        if after is not None:
+            _name_moves(new, to, letters)
+    return ends
+
+
+def _name_moves(new: Settings, topic: str, copied: list[DeadLetter]) -> None:
+    """WARNING for each letter copied late whose name changed in the next broker."""
+    wanted = {(letter.partition, letter.value, letter.key): letter.ref for letter in copied}
+    for letter in read_all(new, topic):
+        was = wanted.pop((letter.partition, letter.value, letter.key), None)
+        if was is not None and was != letter.ref:
+            log.warning("roll: the dead letter %s of %s is %s from now on (the old sink wrote it "
+                        "while it drained)", was, topic, letter.ref)
+
+
+def copy_assets(old: Settings, new: Settings, after: dict[int, int] | None = None,
+                ) -> dict[int, int]:
+    """The asset catalog from the old broker to the next: each asset's newest record, or
+    with ``after`` (what a first copy returned) the records written since. Returns the
+    position after the last record copied, per partition."""
+    newest: dict[bytes, tuple[int, bytes]] = {}
+    ends = dict(after or {})
+    for message in read_to_end(old, old.topic_assets, timeout_s=30, batch=10_000):
+        partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
+        if offset < (after or {}).get(partition, 0) or key is None:
+            continue
+        newest[key] = (partition, message.value() or b"")
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    producer = Producer(producer_config(new))
+    for key, (partition, value) in newest.items():
+        produce_waiting(producer, new.topic_assets, value, key, partition=partition)
+    if producer.flush(30) > 0:
+        raise RuntimeError("the next broker did not take the asset catalog")
+    return ends

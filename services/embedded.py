@@ -32,9 +32,13 @@ broker.
   each generation's gateway app in turn: services.embedded_gateway): requests wait on
   their connections and the next gateway answers them. The ClickHouse store outlives
   generations.
-- **The embedded broker is rolled over** before its memory reaches the bound: a planned
-  generation that drains everything first and carries user state and dead letters over
-  (services.broker_roll); its gateway opens before its agents have joined.
+- **The embedded broker is rolled over** before its memory reaches the bound: the next
+  broker starts beside the old one, the next generation's gateway app takes every request
+  at once, and the old generation drains and hands over user state and dead letters
+  (services.broker_roll). Each Tansu listens on a port of its own; the configured port is
+  a front that forwards to the current one (services.shared.broker.BrokerFront), for the
+  tools that connect from outside. ``sluice up``'s own roles always talk to their
+  generation's broker directly.
 - **SIGTERM and SIGINT stop it with exit 0 in any phase**: while a generation starts they
   unwind it; while it serves they stop it in the order above.
 """
@@ -48,20 +52,26 @@ import threading
 import time
 from types import FrameType
 
-from confluent_kafka import KafkaException
 from rich.console import Console
 
 from services import verify_commands
-from services.broker_roll import Carried, agents_caught_up, read_carried, roll_at, write_carried
+from services.broker_roll import (
+    agents_caught_up,
+    copy_assets,
+    copy_letters,
+    read_users,
+    roll_at,
+    sink_caught_up,
+    write_users,
+)
 from services.embedded_gateway import GatewayServer
 from services.embedded_processes import ports_taken, start_agents, wait_for_agents
 from services.gateway.app import create_app
 from services.shared import kafka_security
-from services.shared.broker import EmbeddedBroker
+from services.shared.broker import BrokerFront, EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import limit_malloc_arenas, tune_gc
 from services.shared.kafka import ensure_topics
-from services.shared.lag import group_lag, offsets_reader
 from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
 from services.sink.consume import Sink
@@ -116,11 +126,16 @@ class Supervisor:
     """Starts a generation, watches it, restarts what died; see the module's docstring."""
 
     def __init__(self, settings: Settings, console: Console) -> None:
-        self.settings, self.console = settings, console
-        self.broker = None if settings.kafka_bootstrap else EmbeddedBroker(
-            settings.embedded_broker_host, settings.embedded_broker_port,
-            log_path=settings.data_dir / "tansu.log",
-        )
+        # ``public``: as configured (what operators' tools use: the broker's front port);
+        # ``settings``: this generation's, naming its own broker's port (a roll has two)
+        self.public = self.settings = settings
+        self.console = console
+        self.broker: EmbeddedBroker | None = None
+        self.front: BrokerFront | None = None
+        if not settings.kafka_bootstrap:
+            self.broker = self._next_broker()
+            self.settings = self._settings_for(self.broker)
+            self.front = BrokerFront(settings.embedded_broker_host, settings.embedded_broker_port)
         self.store: Store | None = None
         self.agents: subprocess.Popen[bytes] | None = None
         self.agents_started_at = 0.0
@@ -171,86 +186,84 @@ class Supervisor:
             finally:
                 if self.broker:
                     self.broker.stop()
+                if self.front:
+                    self.front.stop()
         return self.exit_code
 
+    def _next_broker(self) -> EmbeddedBroker:
+        """Each Tansu on a port of its own: a roll starts the next beside the old one."""
+        return EmbeddedBroker(self.public.embedded_broker_host, free_port(),
+                              log_path=self.public.data_dir / "tansu.log")
+
+    def _settings_for(self, broker: EmbeddedBroker) -> Settings:
+        return self.public.model_copy(update={"embedded_broker_port": broker.port})
+
     # -- a generation -------------------------------------------------------------------
-    def _start(self, first: bool, carried: Carried | None = None) -> None:
-        """``carried``: a roll's state from the old broker; None: rebuilt from ClickHouse."""
+    def _start(self, first: bool) -> None:
         settings, console = self.settings, self.console
         self._unwind_on_signal = True
         if self.stopping.is_set():
             raise _Stop
         if self.broker:
             self.broker.start()
+            if self.front and self.front.target is None:
+                self.front.start(self.broker.port)
         ensure_topics(settings)
         if self.store is None:
             self.store = Store(settings)
-            # verify on its own store (chDB admits no other process): sluice_verify_* on /metrics
-            verify_commands.Periodic(settings, self.store).start()
-        # The broker starts empty: bring back what ClickHouse holds before going live (or,
-        # rolling it over, what the old one held: services.broker_roll).
-        if carried is not None:
-            rebuilt = write_carried(settings, self.store, carried)
-            log.info("roll: carried %d users (%d events) and %d dead-letter records",
-                     rebuilt.users, rebuilt.events, sum(map(len, carried.letters.values())))
-        else:
-            rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
-            if (rebuilt.events or rebuilt.assets) and console.quiet:
-                log.info("restored %d users (%d events) and %d assets from ClickHouse",
-                         rebuilt.users, rebuilt.events, rebuilt.assets)
-            elif rebuilt.events or rebuilt.assets:
-                console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
-                              f"{rebuilt.assets} assets from ClickHouse")
+            # verify on its own store (chDB admits no other process): sluice_verify_* on
+            # /metrics; through the broker's front, which follows the rolls
+            verify_commands.Periodic(self.public, self.store).start()
+        # The broker starts empty: bring back what ClickHouse holds before going live.
+        rebuilt = rebuild_state(settings, self.store, show_progress=not console.quiet)
+        if (rebuilt.events or rebuilt.assets) and console.quiet:
+            log.info("restored %d users (%d events) and %d assets from ClickHouse",
+                     rebuilt.users, rebuilt.events, rebuilt.assets)
+        elif rebuilt.events or rebuilt.assets:
+            console.print(f"restored {rebuilt.users} users ({rebuilt.events} events) and "
+                          f"{rebuilt.assets} assets from ClickHouse")
         if self.broker:
             # the agents' local stores hold offsets into the previous broker's changelog,
             # which is gone: the new worker recovers the rebuilt state from the new one
             reset_local_state(settings)
         self._start_agents()
         self._start_sink()
-        base = f"http://{settings.http_host}:{settings.http_port}"
         if first:
-            console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
-            console.print(f"  gateway     {base}   docs {base}/docs")
-            broker_kind = "embedded Tansu, in memory" if self.broker else "external"
-            console.print(f"  kafka       {settings.bootstrap}   ({broker_kind}; "
-                          f"{kafka_security.describe(settings)})")
-            console.print(f"  clickhouse  {settings.clickhouse_dsn}")
-            console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
-            console.print(f"  agents      stats http://{settings.http_host}:"
-                          f"{settings.agents_web_port}/stats, log "
-                          f"{settings.data_dir / 'agents.log'}")
-            agents_base = f"http://{settings.http_host}:{settings.agents_web_port}"
-            console.print(f"  metrics     {base}/metrics (gateway and sink), "
-                          f"{agents_base}/metrics (agents)")
-            console.print(f"  live page   {base}/ui   (`sluice status` prints lag and rates)")
-            if console.quiet:
-                log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
-                         "%s/ui", base, base, agents_base, base)
+            self._banner()
         assert self.agents is not None
-        if carried is None:
-            wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
-            tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
-            self._start_gateway()
-            self.gateway_open_at = time.monotonic()
-        else:
-            # A roll: requests flow again as soon as the new broker holds what was carried;
-            # reads and waits of user state hold until the new agents own their partitions.
-            tune_gc(settings.gc_young_threshold)
-            self.carried_bytes = (self.broker.memory_bytes() or 0) if self.broker else 0
-            self._start_gateway(hold_user_states_s=JOIN_WAIT_S + 5)
-            self.gateway_open_at = time.monotonic()
-            try:
-                wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
-            finally:
-                self.server.release_user_states()
+        wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
+        tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
+        self._start_gateway()
         self._unwind_on_signal = False
         if self.stopping.is_set():  # a signal between the last check and the line above
             raise _Stop
 
-    def _start_agents(self) -> None:
-        self.agents = start_agents(self.settings)
+    def _banner(self) -> None:
+        settings, console = self.public, self.console
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        console.print("[bold]Sluice is up[/]  (Ctrl-C stops it, flushing what was accepted)")
+        console.print(f"  gateway     {base}   docs {base}/docs")
+        broker_kind = "embedded Tansu, in memory" if self.broker else "external"
+        console.print(f"  kafka       {settings.bootstrap}   ({broker_kind}; "
+                      f"{kafka_security.describe(settings)})")
+        console.print(f"  clickhouse  {settings.clickhouse_dsn}")
+        console.print(f"  sink        group {settings.sink_group} -> tables events, assets")
+        console.print(f"  agents      stats http://{settings.http_host}:"
+                      f"{settings.agents_web_port}/stats, log "
+                      f"{settings.data_dir / 'agents.log'}")
+        agents_base = f"http://{settings.http_host}:{settings.agents_web_port}"
+        console.print(f"  metrics     {base}/metrics (gateway and sink), "
+                      f"{agents_base}/metrics (agents)")
+        console.print(f"  live page   {base}/ui   (`sluice status` prints lag and rates)")
+        if console.quiet:
+            log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
+                     "%s/ui", base, base, agents_base, base)
+
+    def _start_agents(self) -> subprocess.Popen[bytes]:
+        agents = self.agents = start_agents(self.settings)
         self.agents_started_at = time.monotonic()
-        log.info("agents worker started, pid %d", self.agents.pid)
+        log.info("agents worker started, pid %d", agents.pid)
+        return agents
 
     def _start_sink(self) -> None:
         assert self.store is not None
@@ -267,19 +280,19 @@ class Supervisor:
         self.sink_thread = threading.Thread(target=sink_main, name="sink")
         self.sink_thread.start()
 
-    def _start_gateway(self, hold_user_states_s: float = 0.0) -> None:
+    def _start_gateway(self, hold_waits_s: float = 0.0) -> None:
+        """Serve the next app (from the one serving, if any: it answers what it took)."""
         broker = self.broker
         self.server.open(create_app(self.settings, self.store,
                                     broker_bytes=broker.memory_bytes if broker else None,
-                                    hold_user_states_s=hold_user_states_s))
+                                    hold_waits_s=hold_waits_s))
+        self.gateway_open_at = time.monotonic()
 
-    def _stop_generation(self, broker_died: bool = False, kill_agents: bool = False,
-                         final: bool = False, sink_drained: bool = False) -> None:
+    def _stop_generation(self, broker_died: bool = False, final: bool = False) -> None:
         """Gateway (flushes) -> sink (drains into ClickHouse) -> agents. With a dead
         broker the agents go first, killed: nothing of theirs may reach the next broker.
-        ``kill_agents``, ``sink_drained``: a roll's, whose agents' state is all in the
-        changelog and whose sink drained by then. ``final``: `sluice up` stops, and so does
-        its HTTP server; else requests wait for the next."""
+        ``final``: `sluice up` stops, and so does its HTTP server; else requests wait for
+        the next."""
         if broker_died:
             self._stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
@@ -291,45 +304,30 @@ class Supervisor:
                 gateway.publisher.abandon(reason)
                 gateway.progress.abandon(reason)
                 gateway.user_states.abandon(reason)
-        began = time.monotonic()
         self.server.stop(final)
         if self.sink and self.sink_thread:
-            if not broker_died and not sink_drained:
-                if final:
-                    self.console.print("stopping: draining the sink into ClickHouse...")
-                self._wait_sink_caught_up()
-            self.sink.stop()
-            self.sink_thread.join(STOP_WAIT_S)
-            if self.sink_thread.is_alive():
-                # Its consumer would rejoin the next broker's group with old offsets.
-                raise RuntimeError(f"the sink did not stop in {STOP_WAIT_S:.0f} s")
-            self.rows_written += self.sink.rows_written
-            log.info("sink stopped in %.1f s", time.monotonic() - began)
+            if not broker_died and final:
+                self.console.print("stopping: draining the sink into ClickHouse...")
+            self._stop_sink(self.sink, self.sink_thread, self.settings, drain=not broker_died)
         self.sink = self.sink_thread = None
-        self._stop_agents(kill=kill_agents)
+        self._stop_agents(kill=False)
 
-    def _wait_sink_caught_up(self) -> None:
-        """Before the sink stops: let it consume what the broker holds (its group's lag to
-        zero, within DRAIN_WAIT_S). Its stop writes only what it fetched, and the next start
+    def _stop_sink(self, sink: Sink, thread: threading.Thread, settings: Settings,
+                   drain: bool) -> None:
+        """``drain``: first let it consume what its broker holds (its group's lag to zero,
+        within DRAIN_WAIT_S). Its stop writes only what it fetched, and the next start
         brings a fresh broker: a sink still rejoining its group after a broker stall would
         otherwise leave acked events behind."""
-        topics = [self.settings.topic_events, self.settings.topic_assets]
-        reader = offsets_reader(self.settings, self.settings.sink_group)
-        deadline = time.monotonic() + DRAIN_WAIT_S
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    behind = sum(p.lag for p in group_lag(reader, self.settings.sink_group, topics))
-                except KafkaException:
-                    return  # the broker does not answer: nothing more can be fetched
-                if behind == 0:
-                    # Tansu's end offsets may trail a batch: one more batch window
-                    time.sleep(self.settings.sink_batch_seconds + 0.1)
-                    return
-                time.sleep(0.1)
+        began = time.monotonic()
+        if drain and not sink_caught_up(settings, DRAIN_WAIT_S):
             log.error("the sink did not catch up within %.0f s; stopping it anyway", DRAIN_WAIT_S)
-        finally:
-            reader.close()
+        sink.stop()
+        thread.join(STOP_WAIT_S)
+        if thread.is_alive():
+            # Its consumer would rejoin the next broker's group with old offsets.
+            raise RuntimeError(f"the sink did not stop in {STOP_WAIT_S:.0f} s")
+        self.rows_written += sink.rows_written
+        log.info("sink stopped in %.1f s", time.monotonic() - began)
 
     def _stop_agents(self, kill: bool) -> None:
         if self.agents is None:
@@ -377,48 +375,74 @@ class Supervisor:
         self._start_agents()
 
     def _roll_broker(self) -> None:
-        """A planned generation that frees the broker's memory: services.broker_roll."""
-        assert self.broker is not None
-        marks = [time.monotonic()]
+        """A planned generation that frees the broker's memory, the next broker started
+        beside the old one (services.broker_roll). A SIGTERM meanwhile stops `sluice up`
+        once the roll is done: the next sink must run to drain what requests gave the next
+        broker."""
+        old_broker, old = self.broker, self.settings
+        assert old_broker is not None and self.front is not None
+        began = time.monotonic()
         log.warning("rolling the embedded broker over to a new one: it holds %.0f MiB (roll at "
-                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests wait until it holds what is "
-                    "carried over",
-                    (self.broker.memory_bytes() or 0) / 2**20, (self.roll_at or 0) / 2**20)
-        self.server.stop()
-        # the sink drains into ClickHouse while the agents catch up
-        draining = threading.Thread(target=self._wait_sink_caught_up, name="roll-drain")
-        draining.start()
+                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests go to the next one "
+                    "as soon as it runs", (old_broker.memory_bytes() or 0) / 2**20,
+                    (self.roll_at or 0) / 2**20)
+        broker = self._next_broker().start()
+        new = self._settings_for(broker)
+        ensure_topics(new)
+        assets_at = copy_assets(old, new)
+        letters_at = copy_letters(old, new)
+        # requests go to the next broker from here on; waits for user state hold until its
+        # agents join, reads go to the old agents meanwhile
+        self.broker, self.settings = broker, new
+        self._start_gateway(hold_waits_s=DRAIN_WAIT_S + JOIN_WAIT_S + 65)
+        self.front.point_at(broker.port)
+        self.carried_bytes = broker.memory_bytes() or 0
+        old_sink, old_sink_thread = self.sink, self.sink_thread
+        self._start_sink()  # the next broker's events reach ClickHouse as at any time
+        copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
         agents = self.agents
-        caught_up = agents_caught_up(  # a SIGTERM meanwhile: no next generation to wait for
-            self.settings, DRAIN_WAIT_S, gone=lambda: agents is None or agents.poll() is not None
-            or self.stopping.is_set())
-        draining.join()
-        marks.append(time.monotonic())
-        self._stop_generation(kill_agents=True, sink_drained=True)
-        carried = read_carried(self.settings) if caught_up else None
-        self.broker.stop(kill=True)  # all it holds that counts is in ClickHouse and carried
-        marks.append(time.monotonic())
-        self._start(first=False, carried=carried)
-        marks.append(time.monotonic())
-        # from what the carry alone filled (requests flowed meanwhile: they count against
+        caught_up = agents_caught_up(
+            old, DRAIN_WAIT_S, gone=lambda: agents is None or agents.poll() is not None)
+        caught_up_at = time.monotonic()
+        # all the old agents' state is in the changelog: reads are answered from it while
+        # no worker can (or, with agents that did not catch up, wait for the next ones)
+        users = read_users(old) if caught_up else None
+        if users is not None:
+            self.server.answer_user_states_from(users)
+        else:
+            self.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
+        self._stop_agents(kill=True)
+        if old_sink and old_sink_thread:
+            self._stop_sink(old_sink, old_sink_thread, old, drain=True)
+        copy_letters(old, new, after=letters_at)
+        old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
+        if users is not None:
+            rebuilt = write_users(new, users)
+            log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
+        else:  # from ClickHouse, with what the next sink stored so far (and committed)
+            assert self.store is not None and self.sink is not None
+            with self.sink.paused():
+                rebuild_state(new, self.store, show_progress=False, resume_group=new.sink_group)
+        reset_local_state(new)  # the old worker's store followed the old changelog
+        agents = self._start_agents()
+        if not self.stopping.is_set():  # else the stop needs no joined agents
+            wait_for_agents(new, agents, self.console, JOIN_WAIT_S)
+        self.server.release_user_states()
+        tune_gc(new.gc_young_threshold)
+        done = time.monotonic()
+        # from what the copies alone filled (requests flowed meanwhile: they count against
         # the next roll, not for where it begins)
-        held = self.carried_bytes if carried is not None else self.broker.memory_bytes() or 0
-        self.roll_at = roll_at(self.settings, held)
-        took = marks[-1] - marks[0]
-        BROKER_ROLLS.labels("changelog" if carried is not None else "rebuild").inc()
-        BROKER_ROLL_SECONDS.observe(took)
-        log.warning("rolled the embedded broker in %.1f s: requests waited %.1f s (%.1f s for "
-                    "the gateway to stop, the agents to catch up and the sink to drain, %.1f s to "
-                    "carry, %.1f s to start the next broker and gateway), reads of user state "
-                    "%.1f s more while the next agents joined (user state from %s); it held "
-                    "%.0f MiB before requests flowed, the next roll at %.0f MiB", took,
-                    self.gateway_open_at - marks[0], marks[1] - marks[0], marks[2] - marks[1],
-                    self.gateway_open_at - marks[2], marks[3] - self.gateway_open_at,
-                    "the changelog" if carried is not None else "ClickHouse",
-                    held / 2**20, (self.roll_at or 0) / 2**20)
-        if held >= (roll_at(self.settings) or held + 1):
-            log.error("the carried state alone fills the embedded broker past its roll share: "
-                      "raise SLUICE_EMBEDDED_BROKER_MAX_MB")
+        self.roll_at = roll_at(new, self.carried_bytes)
+        BROKER_ROLLS.labels("changelog" if users is not None else "rebuild").inc()
+        BROKER_ROLL_SECONDS.observe(done - began)
+        log.warning("rolled the embedded broker in %.1f s: requests went to the next one %.1f s "
+                    "in, waiting for none of it; waits for user state held %.1f s (the old agents "
+                    "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
+                    "next roll at %.0f MiB", done - began, self.gateway_open_at - began,
+                    done - self.gateway_open_at, caught_up_at - self.gateway_open_at,
+                    done - caught_up_at, "throughout (from the changelog's records meanwhile)"
+                    if users is not None else f"after {done - caught_up_at:.1f} s held (user "
+                    "state rebuilt from ClickHouse)", (self.roll_at or 0) / 2**20)
 
     def _restart_broker(self) -> None:
         assert self.broker is not None
@@ -430,7 +454,7 @@ class Supervisor:
         self._stop_generation(broker_died=True)
         self.broker.stop()
         stopped = time.monotonic()
-        self._start(first=False)
+        self._start(first=False)  # on the same port: the front still points at it
         self.roll_at = roll_at(self.settings, self.broker.memory_bytes() or 0)
         log.warning("serving again %.1f s after the broker's death (%.1f s to stop the old "
                     "generation, %.1f s to start the next)", time.monotonic() - began,

@@ -6,7 +6,9 @@ replace it closed the clients' keep-alive connections, and a request sent on one
 closed failed (httpx's RemoteProtocolError: 2 of ~250 requests across two rolls of the
 broker in tests/integration/test_broker_roll.py). So one uvicorn server serves this front
 for good: it hands each request to the current generation's app, and between two
-generations requests wait on their open connections until the next one is up. Each app's
+generations requests wait on their open connections until the next one is up (after a
+broker's death), or go to the next app at once while the current one answers those it took
+(a roll). Each app's
 lifespan (its producer, threads) is entered and left here, on the server's event loop, as
 uvicorn would. :class:`GatewayServer` is that server's life as the supervisor sees it: open
 with an app, pause between generations, stop at the end.
@@ -33,45 +35,60 @@ from services.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CATALOG_WAIT_S = 10.0  # for a next app's asset catalog to be read from its broker
+
+
+class _Serving:
+    """One generation's app as the server runs it: its lifespan and its requests in flight."""
+
+    def __init__(self, app: FastAPI, lifespan: AsyncExitStack) -> None:
+        self.app, self.lifespan = app, lifespan
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
 
 class Generations:
     """The ASGI app uvicorn serves; ``switch_to`` and ``pause`` are called from another
     thread (the supervisor's), ``close`` once at the end."""
 
     def __init__(self, retry_after_s: int = 1) -> None:
-        self.app: FastAPI | None = None
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.retry_after_s = retry_after_s
         self._changed: asyncio.Event | None = None  # set while there is an app (or closed)
-        self._idle: asyncio.Event | None = None  # set while no request is in an app
-        self._inflight = 0
-        self._lifespan: AsyncExitStack | None = None
+        self._serving: _Serving | None = None
+
+    @property
+    def app(self) -> FastAPI | None:
+        serving = self._serving
+        return serving.app if serving is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # uvicorn's own: the loop is known from here on
             await self._serve_lifespan(receive, send)
             return
-        changed, idle = self._events()
-        while self.app is None and not self.closed:
+        changed = self._events()
+        while self._serving is None and not self.closed:
             await changed.wait()
-        app = self.app
-        if app is None:  # closed: `sluice up` is stopping
+        serving = self._serving
+        if serving is None:  # closed: `sluice up` is stopping
             await self._unavailable(send)
             return
-        self._inflight += 1
-        idle.clear()
+        serving.inflight += 1
+        serving.idle.clear()
         try:
-            await app(scope, receive, send)
+            await serving.app(scope, receive, send)
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                idle.set()
+            serving.inflight -= 1
+            if not serving.inflight:
+                serving.idle.set()
 
     # -- from the supervisor's thread -----------------------------------------------------
     def switch_to(self, app: FastAPI, timeout_s: float = 60.0) -> None:
-        """Start ``app``'s lifespan and hand it every request, those waiting first."""
-        self._run(self._enter(app), timeout_s)
+        """Start ``app``'s lifespan and hand it every request, those waiting first. An app
+        still serving answers the requests it has, then ends (a roll: requests never wait)."""
+        self._run(self._enter(app, timeout_s), timeout_s + 30)
 
     def pause(self, timeout_s: float = 60.0) -> None:
         """Hold new requests; let the current app answer those it has, then end its
@@ -84,35 +101,42 @@ class Generations:
         self._run(self._leave(timeout_s), timeout_s + 30)
 
     # -- on the server's loop --------------------------------------------------------------
-    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
-        if self._changed is None or self._idle is None:
-            self._changed, self._idle = asyncio.Event(), asyncio.Event()
-            self._idle.set()
-            if self.app is not None or self.closed:
+    def _events(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+            if self._serving is not None or self.closed:
                 self._changed.set()
-        return self._changed, self._idle
+        return self._changed
 
-    async def _enter(self, app: FastAPI) -> None:
+    async def _enter(self, app: FastAPI, timeout_s: float) -> None:
         stack = AsyncExitStack()
         await stack.enter_async_context(app.router.lifespan_context(app))
-        self._lifespan, self.app = stack, app
-        self._events()[0].set()
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:  # its catalog read before its first request
+            await asyncio.to_thread(gateway.views.caught_up.wait, CATALOG_WAIT_S)
+        before, self._serving = self._serving, _Serving(app, stack)
+        self._events().set()
+        if before is not None:
+            await self._end(before, timeout_s)
 
     async def _leave(self, timeout_s: float) -> None:
-        changed, idle = self._events()
-        self.app = None
+        changed = self._events()
+        before, self._serving = self._serving, None
         if self.closed:
             changed.set()  # the waiting requests get their 503
         else:
             changed.clear()
+        if before is not None:
+            await self._end(before, timeout_s)
+
+    async def _end(self, serving: _Serving, timeout_s: float) -> None:
+        """Once ``serving`` answered what it took (or after ``timeout_s``), its lifespan ends."""
         try:
-            await asyncio.wait_for(idle.wait(), timeout_s)
+            await asyncio.wait_for(serving.idle.wait(), timeout_s)
         except TimeoutError:
             log.error("the gateway still answers %d requests after %.0f s; stopping it anyway",
-                      self._inflight, timeout_s)
-        stack, self._lifespan = self._lifespan, None
-        if stack is not None:
-            await stack.aclose()
+                      serving.inflight, timeout_s)
+        await serving.lifespan.aclose()
 
     def _run(self, coroutine: Coroutine[Any, Any, None], timeout_s: float) -> None:
         if self.loop is None:
@@ -166,6 +190,18 @@ class GatewayServer:
         if self._server is None:
             self._start()
         self.generations.switch_to(app, self.stop_wait_s)
+
+    def hold_user_states(self, most_s: float, reads: bool) -> None:
+        """The app's waits of user state, and its reads with ``reads``, wait for the release
+        (a roll's next agents join; services.gateway.user_states)."""
+        if (gateway := self.gateway) is not None:
+            gateway.user_states.hold(most_s, reads=reads)
+
+    def answer_user_states_from(self, snapshot: dict[bytes, tuple[int, bytes]]) -> None:
+        """The app's reads of user state are answered from a roll's carried records until
+        the release (services.gateway.user_states)."""
+        if (gateway := self.gateway) is not None:
+            gateway.user_states.answer_from(snapshot)
 
     def release_user_states(self) -> None:
         """The app's held reads and waits of user state go ahead (a roll's agents joined)."""

@@ -53,7 +53,11 @@ class Rebuilt:
     events: int = 0
 
 
-def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) -> Rebuilt:
+def rebuild_state(settings: Settings, store: Store, show_progress: bool = True,
+                  resume_group: str | None = None) -> Rebuilt:
+    """``resume_group``: the group whose committed offsets say what ClickHouse holds of the
+    events topic (the sink's, in a roll whose next sink already stored some); default the
+    agents' (nothing of the topic is in ClickHouse yet, or the agents applied it)."""
     producer = Producer(producer_config(settings))
     result = Rebuilt()
     with Progress(disable=not show_progress, transient=False) as progress:
@@ -61,7 +65,7 @@ def rebuild_state(settings: Settings, store: Store, show_progress: bool = True) 
         total = int(store.query(f"SELECT count() AS n {ACTIONS}")[0]["n"])
         task = progress.add_task("rebuilding user state from ClickHouse", total=total,
                                  visible=total > 0)
-        resume_at = _agents_positions(settings)
+        resume_at = _positions(settings, resume_group or settings.agents_app_id)
         config_for = ModelConfigs(settings)
         dedup = Dedup(settings.dedup_window_s, settings.dedup_max_ids)
         for record in _users(store, config_for, lambda n: progress.advance(task, n), dedup):
@@ -138,9 +142,9 @@ def running_agents(settings: Settings) -> int:
         return 0
 
 
-def _agents_positions(settings: Settings) -> dict[int, int]:
-    """The agents' committed offset per events partition (none: an empty dict)."""
-    consumer = Consumer(client_config(settings) | {"group.id": settings.agents_app_id})
+def _positions(settings: Settings, group: str) -> dict[int, int]:
+    """The group's committed offset per events partition (none: an empty dict)."""
+    consumer = Consumer(client_config(settings) | {"group.id": group})
     try:
         wanted = [TopicPartition(settings.topic_events, p) for p in range(settings.events_partitions)]
         committed = consumer.committed(wanted, timeout=10)

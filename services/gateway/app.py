@@ -75,13 +75,14 @@ class GatewayApp(FastAPI):
 
 def create_app(settings: Settings, store: Store | None = None, hot_path: bool = True,
                broker_bytes: Callable[[], int | None] | None = None,
-               hold_user_states_s: float = 0.0) -> FastAPI:
+               hold_waits_s: float = 0.0) -> FastAPI:
     """``store``: a Store shared with the sink (embedded mode); else one is opened here
     only when ClickHouse is a server, since embedded chDB belongs to the sink's process.
     ``hot_path`` False: every request through FastAPI's routing (tests compare the two).
     ``broker_bytes``: the embedded broker's memory, for backpressure (``sluice up``).
-    ``hold_user_states_s``: reads and waits of user state hold until released, at most
-    that long (a roll of ``sluice up``'s broker: its agents join after the gateway opens)."""
+    ``hold_waits_s``: waits for user state (``queue_updates=false``, ``wait=user``) hold
+    until released, at most that long: a roll of ``sluice up``'s broker opens this app
+    before its agents join; the old agents answer reads meanwhile."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,8 +97,8 @@ def create_app(settings: Settings, store: Store | None = None, hot_path: bool = 
             keys=auth.keyring_for(settings),
             backpressure=Backpressure(settings, progress.readers(), broker_bytes).start(),
         )
-        if hold_user_states_s > 0:
-            gw.user_states.hold(hold_user_states_s)
+        if hold_waits_s > 0:
+            gw.user_states.hold(hold_waits_s, reads=False)
         app.state.gateway = gw
         try:
             yield

@@ -62,14 +62,29 @@ class UserStates:
         self._refresh: asyncio.Task[None] | None = None
         self.abandoned: str | None = None
         self._held_until: float | None = None  # time.monotonic(); None: not held
+        self._reads_held = False  # while held: reads wait too, not only waits
+        # while set: reads are answered from it (key -> (partition, record))
+        self._snapshot: dict[bytes, tuple[int, bytes]] | None = None
 
     # -- held while the next agents worker joins (set from the supervisor's thread) ---------
-    def hold(self, most_s: float) -> None:
-        """Reads and waits wait (at most ``most_s``) until :meth:`release`."""
+    def hold(self, most_s: float, reads: bool = True) -> None:
+        """Waits for applied events, and reads too unless ``reads`` is False, wait (at most
+        ``most_s`` from now) until :meth:`release`. Reads need no hold while the previous
+        broker's agents still answer; waits do: those agents' positions are another
+        broker's offsets."""
+        self._reads_held = reads
         self._held_until = time.monotonic() + most_s
+
+    def answer_from(self, snapshot: dict[bytes, tuple[int, bytes]]) -> None:
+        """Reads are answered from ``snapshot`` until :meth:`release`: every user's record
+        as a roll carries it, while no agents worker answers (the old ones stopped, the
+        next ones join). What the old workers would have answered: neither has applied
+        anything taken by the next broker yet."""
+        self._snapshot = snapshot
 
     def release(self) -> None:
         self._held_until = None
+        self._snapshot = None
 
     async def _unheld(self, deadline: float | None = None) -> None:
         """Once not held (released, or held too long), or at ``deadline`` (loop time)."""
@@ -82,7 +97,10 @@ class UserStates:
     # -- reads ----------------------------------------------------------------------------
     async def get(self, key: bytes) -> UserRecord | None:
         """The user's record, from its owner; None for a user with no state yet."""
-        if self._held_until is not None:
+        if (snapshot := self._snapshot) is not None:
+            found = snapshot.get(key)
+            return UserRecord.decode(found[1]) if found is not None else None
+        if self._held_until is not None and self._reads_held:
             await self._unheld()
         partition = partition_for(key, self._partition_count())
         loop = asyncio.get_running_loop()

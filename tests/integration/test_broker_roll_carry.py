@@ -1,6 +1,7 @@
 """What a roll of the embedded broker decides and carries (services.broker_roll), on the test
 broker: whether the agents have caught up (Tansu's ListOffsets trails its last batch), each
-user's newest record with its source position reset, and dead letters kept as they were."""
+user's newest record with its source position reset, dead letters kept as they were, and the
+asset catalog, copied before the switch and its tail after."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from services.broker_roll import agents_caught_up, read_carried, write_carried
-from services.shared.clickhouse import Store
+from services.broker_roll import (
+    agents_caught_up,
+    copy_assets,
+    copy_letters,
+    read_users,
+    write_users,
+)
+from services.shared.assets import asset_key, decode_asset, encode_asset, iso_utc
 from services.shared.events import message_key, partition_for
 from services.shared.kafka import client_config, ensure_topics, producer_config
 from services.shared.settings import Settings
@@ -45,8 +52,19 @@ def test_the_agents_have_caught_up_only_once_committed_past_the_last_record(
         group.close()
 
 
+def next_broker(settings: Settings) -> Settings:
+    """The next broker of a roll (here: the next topics of the same one)."""
+    tag = uuid.uuid4().hex[:8]
+    after = settings.model_copy(update={"topic_events": f"events-{tag}",
+                                        "topic_dlq": f"events-{tag}.dlq",
+                                        "topic_assets": f"assets-{tag}",
+                                        "agents_app_id": f"agents-{tag}"})
+    ensure_topics(after)
+    return after
+
+
 def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
-        settings: Settings, store: Store) -> None:
+        settings: Settings) -> None:
     producer = Producer(producer_config(settings))
     newest = {}
     for user, counts in {"ann": (1, 2, 3), "bob": (5,), "cy": (7, 8)}.items():
@@ -59,23 +77,21 @@ def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
     del newest[erased_key]
     letters = [(b"bad line %d" % i, {"reason": b"invalid", "n": str(i).encode()}, 1_700_000_000_000 + i)
                for i in range(3)]
-    for value, headers, ts in letters:
+    for value, headers, ts in letters[:2]:
         producer.produce(settings.topic_dlq, value, b"k", headers=list(headers.items()),
                          timestamp=ts)
     assert producer.flush(10) == 0
 
-    carried = read_carried(settings)
-    assert {k: (p, UserRecord.decode(v).events) for k, (p, v) in carried.users.items()} == newest
-    assert [x.value for x in carried.letters["dead letters"]] == [v for v, _, _ in letters]
+    users = read_users(settings)
+    assert {k: (p, UserRecord.decode(v).events) for k, (p, v) in users.items()} == newest
 
-    # the next broker (here: the next topics of the same one)
-    tag = uuid.uuid4().hex[:8]
-    after = settings.model_copy(update={"topic_events": f"events-{tag}",
-                                        "topic_dlq": f"events-{tag}.dlq",
-                                        "topic_assets": f"assets-{tag}",
-                                        "agents_app_id": f"agents-{tag}"})
-    ensure_topics(after)
-    done = write_carried(after, store, carried)
+    after = next_broker(settings)
+    copied_to = copy_letters(settings, after)  # before the switch
+    value, headers, ts = letters[2]  # the old sink dead-letters one more while it drains
+    producer.produce(settings.topic_dlq, value, b"k", headers=list(headers.items()), timestamp=ts)
+    assert producer.flush(10) == 0
+    copy_letters(settings, after, after=copied_to)
+    done = write_users(after, users)
     assert (done.users, done.events) == (2, 3 + 5)
     got = {}
     for message in read_topic(after.bootstrap, after.topic_user_state, at_least=2):
@@ -86,3 +102,28 @@ def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
     copied = list(read_all(after, after.topic_dlq))
     assert [(x.offset, x.value, x.headers, x.timestamp_ms) for x in copied] == [
         (i, v, h, ts) for i, (v, h, ts) in enumerate(letters)]
+
+
+def asset(asset_id: str, labels: list[str]) -> tuple[bytes, bytes]:
+    record = {"program_id": "shop", "asset_id": asset_id, "labels": labels, "attributes": "{}",
+              "updated_at": iso_utc(), "deleted": False}
+    return asset_key("shop", asset_id), encode_asset(record)
+
+
+def test_a_roll_copies_the_catalog_and_what_the_old_gateway_wrote_after(settings: Settings) -> None:
+    producer = Producer(producer_config(settings))
+    for asset_id, labels in (("a", ["old"]), ("a", ["new"]), ("b", ["x"])):
+        key, value = asset(asset_id, labels)
+        producer.produce(settings.topic_assets, value, key)
+    assert producer.flush(10) == 0
+    after = next_broker(settings)
+    first = copy_assets(settings, after)
+    key, value = asset("c", ["late"])  # the old gateway's last request, after the copy
+    producer.produce(settings.topic_assets, value, key)
+    assert producer.flush(10) == 0
+    copy_assets(settings, after, after=first)
+    got = [decode_asset(m.value()) for m in read_topic(after.bootstrap, after.topic_assets,
+                                                       at_least=4, timeout_s=3)]
+    # each asset's newest record once (the older "a" stays behind), then the late one
+    assert sorted((r["asset_id"], r["labels"]) for r in got) == [
+        ("a", ["new"]), ("b", ["x"]), ("c", ["late"])]

@@ -212,3 +212,31 @@ def test_held_reads_and_waits_go_to_the_worker_once_released() -> None:
         await users.close()
 
     run(test)
+
+
+def test_a_roll_holds_waits_while_reads_go_to_the_old_worker_then_to_the_carried_records() -> None:
+    """A roll's next gateway takes requests while the old agents still run: its waits hold
+    (the old worker's positions are another broker's offsets), its reads ask the old worker;
+    once that one stops, reads are answered from the records the roll carries."""
+    async def test(a: FakeWorker, _b: FakeWorker) -> None:
+        a.owners = {p: a.url for p in range(PARTITIONS)}
+        a.serving = set(range(PARTITIONS))
+        a.records = {KEY: record(4)}
+        users = states(a.url, timeout_s=0.3)
+        users.hold(30, reads=False)
+        waited = asyncio.ensure_future(users.wait_applied({KEY: (PARTITION, 3)}, 0.5))
+        got = await asyncio.wait_for(users.get(KEY), 2)  # not held
+        assert got is not None and got.events == 4 and a.asked == ["user"]
+        assert await waited is False, "held: the old worker's offset 3 is not the next broker's"
+        a.serving = set()  # the old worker stopped
+        users.answer_from({KEY: (PARTITION, record(5))})
+        got = await asyncio.wait_for(users.get(KEY), 2)
+        assert got is not None and got.events == 5 and a.asked == ["user"]  # nobody asked
+        assert await users.get(message_key("shop", "nobody")) is None
+        users.release()  # the next worker joined
+        a.serving = set(range(PARTITIONS))
+        got = await asyncio.wait_for(users.get(KEY), 2)
+        assert got is not None and got.events == 4 and a.asked == ["user", "user"]
+        await users.close()
+
+    run(test)

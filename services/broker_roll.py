@@ -223,7 +223,10 @@ def copy_assets(old: Settings, new: Settings, after: dict[int, int] | None = Non
         partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
         if offset < (after or {}).get(partition, 0) or key is None:
             continue
-        newest[key] = (partition, message.value() or b"")
+        if (value := message.value()) is None:  # a tombstone: no record of it to copy
+            newest.pop(key, None)
+        else:
+            newest[key] = (partition, value)
         ends[partition] = max(ends.get(partition, 0), offset + 1)
     producer = Producer(producer_config(new))
     for key, (partition, value) in newest.items():

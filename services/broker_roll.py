@@ -139,19 +139,28 @@ def carried_topics(settings: Settings) -> dict[str, str]:
             "erased": erased_topic(settings)}
 
 
-def read_users(settings: Settings, timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
-    """key -> (partition, value) of each user's newest record in the changelog; an erased
-    user's tombstone drops it."""
+def newest_records(settings: Settings, topic: str, after: dict[int, int] | None = None,
+                   timeout_s: float = 60.0) -> tuple[dict[bytes, tuple[int, bytes]], dict[int, int]]:
+    """key -> (partition, value) of each key's newest record in ``topic`` (a tombstone drops
+    its key), from ``after``'s positions on if given; and the position after the last
+    record read, per partition (``after``'s where none was)."""
     newest: dict[bytes, tuple[int, bytes]] = {}
-    for message in read_to_end(settings, settings.topic_user_state, timeout_s, batch=10_000):
-        key, value = message.key(), message.value()
-        if key is None:
+    ends = dict(after or {})
+    for message in read_to_end(settings, topic, timeout_s, batch=10_000):
+        partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
+        if offset < (after or {}).get(partition, 0) or key is None:
             continue
-        if value is None:
+        if (value := message.value()) is None:
             newest.pop(key, None)
         else:
-            newest[key] = (message.partition() or 0, value)
-    return newest
+            newest[key] = (partition, value)
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    return newest, ends
+
+
+def read_users(settings: Settings, timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
+    """Each user's newest record in the changelog; an erased user's tombstone drops it."""
+    return newest_records(settings, settings.topic_user_state, timeout_s=timeout_s)[0]
 
 
 def write_users(settings: Settings, users: dict[bytes, tuple[int, bytes]]) -> Rebuilt:
@@ -217,17 +226,7 @@ def copy_assets(old: Settings, new: Settings, after: dict[int, int] | None = Non
     """The asset catalog from the old broker to the next: each asset's newest record, or
     with ``after`` (what a first copy returned) the records written since. Returns the
     position after the last record copied, per partition."""
-    newest: dict[bytes, tuple[int, bytes]] = {}
-    ends = dict(after or {})
-    for message in read_to_end(old, old.topic_assets, timeout_s=30, batch=10_000):
-        partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
-        if offset < (after or {}).get(partition, 0) or key is None:
-            continue
-        if (value := message.value()) is None:  # a tombstone: no record of it to copy
-            newest.pop(key, None)
-        else:
-            newest[key] = (partition, value)
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    newest, ends = newest_records(old, old.topic_assets, after, timeout_s=30)
     producer = Producer(producer_config(new))
     for key, (partition, value) in newest.items():
         produce_waiting(producer, new.topic_assets, value, key, partition=partition)

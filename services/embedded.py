@@ -148,8 +148,6 @@ class Supervisor:
         self.server = GatewayServer(settings, STOP_WAIT_S)
         self.roll_at = roll_at(settings) if self.broker else None
         self.rows_written = 0
-        self.gateway_open_at = 0.0  # a roll's: when requests flowed again
-        self.carried_bytes = 0  # a roll's: what the new broker held before requests flowed
         self.stopping = threading.Event()
         self._unwind_on_signal = True  # while starting: a signal raises _Stop
         self.exit_code = 0
@@ -286,7 +284,6 @@ class Supervisor:
         self.server.open(create_app(self.settings, self.store,
                                     broker_bytes=broker.memory_bytes if broker else None,
                                     hold_waits_s=hold_waits_s))
-        self.gateway_open_at = time.monotonic()
 
     def _stop_generation(self, broker_died: bool = False, final: bool = False) -> None:
         """Gateway (flushes) -> sink (drains into ClickHouse) -> agents. With a dead
@@ -395,8 +392,9 @@ class Supervisor:
         # agents join, reads go to the old agents meanwhile
         self.broker, self.settings = broker, new
         self._start_gateway(hold_waits_s=DRAIN_WAIT_S + JOIN_WAIT_S + 65)
+        switched = time.monotonic()
         self.front.point_at(broker.port)
-        self.carried_bytes = broker.memory_bytes() or 0
+        copied_bytes = broker.memory_bytes() or 0
         old_sink, old_sink_thread = self.sink, self.sink_thread
         self._start_sink()  # the next broker's events reach ClickHouse as at any time
         copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
@@ -432,14 +430,14 @@ class Supervisor:
         done = time.monotonic()
         # from what the copies alone filled (requests flowed meanwhile: they count against
         # the next roll, not for where it begins)
-        self.roll_at = roll_at(new, self.carried_bytes)
+        self.roll_at = roll_at(new, copied_bytes)
         BROKER_ROLLS.labels("changelog" if users is not None else "rebuild").inc()
         BROKER_ROLL_SECONDS.observe(done - began)
         log.warning("rolled the embedded broker in %.1f s: requests went to the next one %.1f s "
                     "in, waiting for none of it; waits for user state held %.1f s (the old agents "
                     "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
-                    "next roll at %.0f MiB", done - began, self.gateway_open_at - began,
-                    done - self.gateway_open_at, caught_up_at - self.gateway_open_at,
+                    "next roll at %.0f MiB", done - began, switched - began,
+                    done - switched, caught_up_at - switched,
                     done - caught_up_at, "throughout (from the changelog's records meanwhile)"
                     if users is not None else f"after {done - caught_up_at:.1f} s held (user "
                     "state rebuilt from ClickHouse)", (self.roll_at or 0) / 2**20)

@@ -65,7 +65,12 @@ from services.broker_roll import (
     write_users,
 )
 from services.embedded_gateway import GatewayServer
-from services.embedded_processes import ports_taken, start_agents, wait_for_agents
+from services.embedded_processes import (
+    owned_partitions,
+    ports_taken,
+    start_agents,
+    wait_for_agents,
+)
 from services.gateway.app import create_app
 from services.shared import kafka_security
 from services.shared.broker import BrokerFront, EmbeddedBroker, free_port
@@ -425,6 +430,11 @@ class Supervisor:
         agents = self._start_agents()
         if not self.stopping.is_set():  # else the stop needs no joined agents
             wait_for_agents(new, agents, self.console, JOIN_WAIT_S)
+            # reads leave the carried records only once every partition has its owner
+            deadline = time.monotonic() + JOIN_WAIT_S
+            while ((owned_partitions(new) or 0) < new.events_partitions
+                   and time.monotonic() < deadline and agents.poll() is None):
+                time.sleep(0.1)
         self.server.release_user_states()
         tune_gc(new.gc_young_threshold)
         done = time.monotonic()

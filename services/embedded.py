@@ -75,7 +75,7 @@ from services.gateway.app import create_app
 from services.shared import kafka_security
 from services.shared.broker import BrokerFront, EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
-from services.shared.gc_tuning import limit_malloc_arenas, tune_gc
+from services.shared.gc_tuning import limit_malloc_arenas, release_free_heap, tune_gc
 from services.shared.kafka import ensure_topics
 from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
@@ -353,6 +353,10 @@ class Supervisor:
                 self._restart_broker()
             elif self.broker and self.roll_at and (self.broker.memory_bytes() or 0) >= self.roll_at:
                 self._roll_broker()
+                # the old generation is garbage now, the carried records too (once the
+                # roll's frame is gone): collect it, freeze what lives, give pages back
+                tune_gc(self.settings.gc_young_threshold)
+                release_free_heap()
             elif self.agents is not None and self.agents.poll() is not None:
                 self._restart_agents()
             elif self.server.died():
@@ -436,7 +440,6 @@ class Supervisor:
                    and time.monotonic() < deadline and agents.poll() is None):
                 time.sleep(0.1)
         self.server.release_user_states()
-        tune_gc(new.gc_young_threshold)
         done = time.monotonic()
         # from what the copies alone filled (requests flowed meanwhile: they count against
         # the next roll, not for where it begins)

@@ -38,6 +38,20 @@ log = logging.getLogger(__name__)
 CATALOG_WAIT_S = 10.0  # for a next app's asset catalog to be read from its broker
 
 
+def forget_endpoints() -> None:
+    """Let an ended app go. FastAPI memoizes, per endpoint function, whether it is a coroutine
+    or a generator, in lru_caches of 4,096 entries keyed by the function itself; an app's
+    endpoints are closures over it, so every app a roll ended stayed alive (~2,000 objects,
+    its routes' validators) until enough later ones pushed it out: `sluice up` grew ~5 MiB a
+    roll. Cleared, the caches refill from the current app's first requests."""
+    from fastapi.dependencies import models
+
+    for name in ("_is_gen_callable_cached", "_is_async_gen_callable_cached",
+                 "_is_coroutine_callable_cached"):
+        if callable(clear := getattr(getattr(models, name, None), "cache_clear", None)):
+            clear()
+
+
 class _Serving:
     """One generation's app as the server runs it: its lifespan and its requests in flight."""
 
@@ -137,6 +151,7 @@ class Generations:
             log.error("the gateway still answers %d requests after %.0f s; stopping it anyway",
                       serving.inflight, timeout_s)
         await serving.lifespan.aclose()
+        forget_endpoints()
 
     def _run(self, coroutine: Coroutine[Any, Any, None], timeout_s: float) -> None:
         if self.loop is None:

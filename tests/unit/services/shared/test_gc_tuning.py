@@ -36,6 +36,25 @@ def test_zero_keeps_pythons_defaults() -> None:
     assert got["frozen"] == 0
 
 
+REFREEZE = """
+import gc, weakref
+from services.shared.gc_tuning import tune_gc
+class Node: pass
+node = Node(); node.me = node  # a cycle: only the collector frees it
+gone = weakref.ref(node)
+tune_gc(50_000)  # frozen with it
+del node
+tune_gc(50_000)  # as `sluice up` after a roll: what was frozen and is garbage now goes
+print(gone() is None)
+"""
+
+
+def test_tuning_again_collects_what_the_last_freeze_kept_and_is_garbage_now() -> None:
+    done = subprocess.run([sys.executable, "-c", REFREEZE], capture_output=True, text=True,
+                          check=True, cwd=".")
+    assert done.stdout.strip() == "True"
+
+
 def test_the_gateway_role_tunes_its_process_but_create_app_alone_does_not() -> None:
     code = """
 import gc, json

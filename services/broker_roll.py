@@ -17,25 +17,28 @@ counts.
    the old agents meanwhile (services.gateway.user_states: held, not failed). The catalog
    records the old app wrote meanwhile follow (an asset's newest ``updated_at`` wins, in
    whatever order its records come).
-3. On the old broker, which nobody writes to any more, the sink drains into ClickHouse and
-   the agents apply what is left: the roll waits until their group's committed offsets
-   reach every events partition's end (read with a Fetch: Tansu's ListOffsets trails its
-   last batch, streams.recovery). The agents commit an offset only once its events' state
-   is in the changelog.
-4. What outlives the old broker is read from it: each user's newest record in the
-   changelog, and every record of the dead-letter topic and its two marker topics
-   (verbatim, in order, so letters keep their partition:offset names). Then it stops, and
-   its memory is free.
-5. The next broker gets that: user records with their source position reset to "nothing
-   applied yet" (everything of the old events topic is in them, and the next one holds only
-   later events), then the letters, before the next sink writes any.
-6. The agents (with fresh local stores: they recover the carried records) and the sink
-   start on the next broker; the agents apply the events taken since step 2 from offset 0.
+3. The next sink starts at once, and so does the next agents worker, gated: it does its
+   imports and then waits (services.embedded_processes.open_gate).
+4. On the old broker, which nobody writes to any more, the agents apply what is left: the
+   roll waits until their group's committed offsets reach every events partition's end
+   (read with a Fetch: Tansu's ListOffsets trails its last batch, streams.recovery). The
+   agents commit an offset only once its events' state is in the changelog.
+5. Each user's newest record is read from the old changelog, the old agents stop, and the
+   records go into the next changelog with their source position reset to "nothing applied
+   yet" (everything of the old events topic is in them, and the next one holds only later
+   events). Reads are answered from those records until the next agents own every
+   partition. The next worker's gate opens: with fresh local stores, it recovers the
+   carried records and applies the events taken since step 2 from offset 0.
+6. Meanwhile the old sink drains into ClickHouse and stops; the dead letters it wrote
+   meanwhile follow the first copy (every record of the dead-letter topic and its two
+   marker topics, verbatim, in order, so letters keep their partition:offset names). Then
+   the old broker stops, and its memory is free.
 
 Nothing acked is lost or counted twice: every event acked before the switch is in
-ClickHouse and in the carried state (step 3), and the events topic the next agents read
-holds only later ones. Agents that do not catch up within the wait (or die meanwhile) make
-the roll rebuild user state from ClickHouse instead, as a start does: slower, equally right.
+ClickHouse (step 6) and in the carried state (steps 4, 5), and the events topic the next
+agents read holds only later ones. Agents that do not catch up within the wait (or die meanwhile) make
+the roll rebuild user state from ClickHouse instead, once the old sink drained (the next
+one paused meanwhile), as a start does: slower, equally right.
 """
 
 from __future__ import annotations

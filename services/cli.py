@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -103,10 +104,17 @@ def sink() -> None:
 
 
 @app.command()
-def agents(loglevel: str = typer.Option("warn", help="crit, error, warn, info, debug")) -> None:
+def agents(
+    loglevel: str = typer.Option("warn", help="crit, error, warn, info, debug"),
+    start_on_stdin: bool = typer.Option(False, hidden=True),
+) -> None:
     """A stream-agent worker (Faust): keeps users' label weights; run several to scale."""
-    from streams.worker import run_worker
+    from streams.worker import run_worker  # Faust's imports: most of a worker's first second
 
+    # `sluice up` starts the next worker while a roll still carries user state over: it
+    # begins once told (a line), or never (end of input: the roll gave it up)
+    if start_on_stdin and not sys.stdin.readline():
+        return
     run_worker(_settings(), loglevel)
 
 

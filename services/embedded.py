@@ -66,6 +66,7 @@ from services.broker_roll import (
 )
 from services.embedded_gateway import GatewayServer
 from services.embedded_processes import (
+    open_gate,
     owned_partitions,
     ports_taken,
     start_agents,
@@ -262,8 +263,12 @@ class Supervisor:
             log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
                      "%s/ui", base, base, agents_base, base)
 
-    def _start_agents(self) -> subprocess.Popen[bytes]:
-        agents = self.agents = start_agents(self.settings)
+    def _start_agents(self, gated: subprocess.Popen[bytes] | None = None,
+                      ) -> subprocess.Popen[bytes]:
+        """A new worker, or ``gated``: one started earlier that waits to begin."""
+        if gated is not None:
+            open_gate(gated)
+        agents = self.agents = gated or start_agents(self.settings)
         self.agents_started_at = time.monotonic()
         log.info("agents worker started, pid %d", agents.pid)
         return agents
@@ -395,6 +400,8 @@ class Supervisor:
         broker = self._next_broker().start()
         new = self._settings_for(broker)
         ensure_topics(new)
+        # the next worker's imports take a second: done while the old generation drains
+        next_agents = start_agents(new, gated=True)
         assets_at = copy_assets(old, new)
         letters_at = copy_letters(old, new)
         # requests go to the next broker from here on; waits for user state hold until its
@@ -407,9 +414,10 @@ class Supervisor:
         old_sink, old_sink_thread = self.sink, self.sink_thread
         self._start_sink()  # the next broker's events reach ClickHouse as at any time
         copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
-        agents = self.agents
+        old_agents = self.agents
         caught_up = agents_caught_up(
-            old, DRAIN_WAIT_S, gone=lambda: agents is None or agents.poll() is not None)
+            old, DRAIN_WAIT_S,
+            gone=lambda: old_agents is None or old_agents.poll() is not None)
         caught_up_at = time.monotonic()
         # all the old agents' state is in the changelog: reads are answered from it while
         # no worker can (or, with agents that did not catch up, wait for the next ones)
@@ -419,19 +427,21 @@ class Supervisor:
         else:
             self.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
         self._stop_agents(kill=True)
-        if old_sink and old_sink_thread:
+        if users is not None:  # the next agents start at once: they need nothing more
+            rebuilt = write_users(new, users)
+            log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
+            reset_local_state(new)  # the old worker's store followed the old changelog
+            agents = self._start_agents(next_agents)
+        if old_sink and old_sink_thread:  # while the next agents start
             self._stop_sink(old_sink, old_sink_thread, old, drain=True)
         copy_letters(old, new, after=letters_at)
         old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
-        if users is not None:
-            rebuilt = write_users(new, users)
-            log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
-        else:  # from ClickHouse, with what the next sink stored so far (and committed)
+        if users is None:  # from ClickHouse, with what both sinks stored (and committed)
             assert self.store is not None and self.sink is not None
             with self.sink.paused():
                 rebuild_state(new, self.store, show_progress=False, resume_group=new.sink_group)
-        reset_local_state(new)  # the old worker's store followed the old changelog
-        agents = self._start_agents()
+            reset_local_state(new)
+            agents = self._start_agents(next_agents)
         if not self.stopping.is_set():  # else the stop needs no joined agents
             wait_for_agents(new, agents, self.console, JOIN_WAIT_S)
             # reads leave the carried records only once every partition has its owner

@@ -71,9 +71,10 @@ def owned_partitions(settings: Settings) -> int | None:
 EMBEDDED_SESSION_TIMEOUT_S = 3.0
 
 
-def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
+def start_agents(settings: Settings, gated: bool = False) -> subprocess.Popen[bytes]:
     """The Faust worker in its own process (Faust owns its event loop and signals); it
-    dies with this process. Call from the main thread (see services.shared.processes)."""
+    dies with this process. Call from the main thread (see services.shared.processes).
+    ``gated``: it imports what it needs, then waits for :func:`open_gate`."""
     env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
     # a killed worker's restart waits out its old session first: Tansu takes sessions
     # shorter than Apache Kafka's minimum (group.min.session.timeout.ms, 6 s); measured on
@@ -81,6 +82,19 @@ def start_agents(settings: Settings) -> subprocess.Popen[bytes]:
     env.setdefault("SLUICE_AGENTS_SESSION_TIMEOUT_S", str(EMBEDDED_SESSION_TIMEOUT_S))
     with open(settings.data_dir / "agents.log", "ab") as log_file:  # the child keeps its copy
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "agents"], env=env,
-            stdout=log_file, stderr=subprocess.STDOUT, **tied_to_this_process(),
+            [sys.executable, "-m", "services.cli", "agents",
+             *(["--start-on-stdin"] if gated else [])], env=env,
+            stdout=log_file, stderr=subprocess.STDOUT,
+            **tied_to_this_process() | ({"stdin": subprocess.PIPE} if gated else {}),
         )
+
+
+def open_gate(agents: subprocess.Popen[bytes]) -> None:
+    """Let a worker started ``gated`` begin (if it is still there to)."""
+    if agents.stdin is None:
+        return
+    try:
+        agents.stdin.write(b"go\n")
+        agents.stdin.close()
+    except OSError:  # it died: the supervisor restarts it as any dead worker
+        pass

@@ -38,9 +38,10 @@ class Up:
         return f"http://127.0.0.1:{self.ports['SLUICE_HTTP_PORT']}"
 
     def child(self, kind: str) -> psutil.Process:
-        """Its broker ('tansu') or agents worker ('agents'), by command line."""
+        """Its broker ('tansu') or agents worker ('agents'), by command line; not a roll's
+        next worker while it waits to begin (--start-on-stdin)."""
         [found] = [c for c in psutil.Process(self.proc.pid).children()
-                   if kind in " ".join(c.cmdline())]
+                   if kind in (line := " ".join(c.cmdline())) and "--start-on-stdin" not in line]
         return found
 
     def tail(self) -> str:

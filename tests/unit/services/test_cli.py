@@ -24,6 +24,19 @@ def test_rebuild_state_refuses_while_agents_run(monkeypatch: pytest.MonkeyPatch)
     assert opened == []  # nothing was rebuilt
 
 
+def test_a_gated_agents_worker_waits_for_its_line_and_starts_nothing_without_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sluice up` starts the next worker during a roll, gated: it runs once told, and on the
+    end of its input (the roll gave it up, or `sluice up` died) it exits without starting."""
+    ran: list[str] = []
+    monkeypatch.setattr("streams.worker.run_worker", lambda settings, loglevel: ran.append(loglevel))
+    assert CliRunner().invoke(cli.app, ["agents", "--start-on-stdin"], input="").exit_code == 0
+    assert ran == []
+    result = CliRunner().invoke(cli.app, ["agents", "--start-on-stdin"], input="go\n")
+    assert result.exit_code == 0
+    assert ran == ["warn"]
+
+
 # -- sluice migrate ---------------------------------------------------------------------
 
 def _statements(script: str) -> list[str]:

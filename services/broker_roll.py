@@ -46,29 +46,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from faust.types import TP
 
-from services.shared.kafka import (
-    client_config,
-    ensure_compacted_topic,
-    produce_waiting,
-    producer_config,
+from services.embedded_processes import (
+    JOIN_WAIT_S,
+    owned_partitions,
+    start_agents,
+    wait_for_agents,
 )
+from services.roll_copies import copy_assets, copy_letters, read_users, write_users
+from services.shared.kafka import client_config, ensure_topics
 from services.shared.lag import group_lag, offsets_reader
+from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
-from services.shared.topic_read import read_to_end
-from services.shared.users import UserRecord
-from services.sink.erased_letters import erased_topic
-from services.sink.letters import DeadLetter, read_all
-from services.sink.replay import marker_topic
-from streams.rebuild import Rebuilt
+from streams.rebuild import rebuild_state
 from streams.recovery import fetched_ends
+from streams.store import reset_local_state
+
+if TYPE_CHECKING:
+    from services.embedded import Supervisor
 
 log = logging.getLogger(__name__)
 
 MIB = 2**20
+DRAIN_WAIT_S = 30.0  # for the sink to consume what the broker holds before it stops
 # after a roll, the next waits until the broker holds this share of the bound more than
 # right after it: a carried state near the roll share must not roll the broker again at once
 REGROW_SHARE = 0.2
@@ -136,103 +140,81 @@ def sink_caught_up(settings: Settings, timeout_s: float) -> bool:
         reader.close()
 
 
-def carried_topics(settings: Settings) -> dict[str, str]:
-    """The topics copied verbatim: dead letters and the markers of what became of them."""
-    return {"dead letters": settings.topic_dlq, "replayed": marker_topic(settings),
-            "erased": erased_topic(settings)}
-
-
-def newest_records(settings: Settings, topic: str, after: dict[int, int] | None = None,
-                   timeout_s: float = 60.0) -> tuple[dict[bytes, tuple[int, bytes]], dict[int, int]]:
-    """key -> (partition, value) of each key's newest record in ``topic`` (a tombstone drops
-    its key), from ``after``'s positions on if given; and the position after the last
-    record read, per partition (``after``'s where none was)."""
-    newest: dict[bytes, tuple[int, bytes]] = {}
-    ends = dict(after or {})
-    for message in read_to_end(settings, topic, timeout_s, batch=10_000):
-        partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
-        if offset < (after or {}).get(partition, 0) or key is None:
-            continue
-        if (value := message.value()) is None:
-            newest.pop(key, None)
-        else:
-            newest[key] = (partition, value)
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-    return newest, ends
-
-
-def read_users(settings: Settings, timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
-    """Each user's newest record in the changelog; an erased user's tombstone drops it."""
-    return newest_records(settings, settings.topic_user_state, timeout_s=timeout_s)[0]
-
-
-def write_users(settings: Settings, users: dict[bytes, tuple[int, bytes]]) -> Rebuilt:
-    """Into the next broker's changelog, before its agents start: the users' records with
-    nothing of its events topic applied yet."""
-    producer = Producer(producer_config(settings))
-    result = Rebuilt()
-    for key, (partition, raw) in users.items():
-        record = UserRecord.decode(raw)
-        record.partition, record.offset = partition, -1
-        produce_waiting(producer, settings.topic_user_state, record.encode(), key,
-                        partition=partition)
-        result.users += 1
-        result.events += record.events
-    if producer.flush(60) > 0:
-        raise RuntimeError("the next broker did not take the carried user state")
-    return result
-
-
-def copy_letters(old: Settings, new: Settings, after: dict[str, dict[int, int]] | None = None,
-                 timeout_s: float = 30.0) -> dict[str, dict[int, int]]:
-    """The dead letters and their markers, verbatim and in order, from the old broker to
-    the next, or with ``after`` (what a first copy returned) those written since. Returns
-    each topic's end per partition. The first copy comes before the next sink writes any
-    letter, so letters keep their names (partition:offset), which markers and replays use;
-    one the old sink wrote while it drained can only follow the next sink's own, and a
-    WARNING names it when its name changed."""
-    ends: dict[str, dict[int, int]] = {}
-    producer = Producer(producer_config(new))
-    for topic, to in zip(carried_topics(old).values(), carried_topics(new).values(), strict=True):
-        since = (after or {}).get(topic, {})
-        ends[topic] = dict(since)
-        letters = [letter for letter in read_all(old, topic, timeout_s)
-                   if letter.offset >= since.get(letter.partition, 0)]
-        if not letters:
-            continue
-        if topic != old.topic_dlq:  # the markers' topics exist once something was marked
-            ensure_compacted_topic(new, to)
-        for letter in letters:
-            produce_waiting(producer, to, letter.value, letter.key,
-                            headers=list(letter.headers.items()), partition=letter.partition,
-                            timestamp_ms=letter.timestamp_ms)
-            ends[topic][letter.partition] = letter.offset + 1
-        if producer.flush(timeout_s) > 0:
-            raise RuntimeError(f"the next broker did not take the records of {to}")
-        if after is not None:
-            _name_moves(new, to, letters)
-    return ends
-
-
-def _name_moves(new: Settings, topic: str, copied: list[DeadLetter]) -> None:
-    """WARNING for each letter copied late whose name changed in the next broker."""
-    wanted = {(letter.partition, letter.value, letter.key): letter.ref for letter in copied}
-    for letter in read_all(new, topic):
-        was = wanted.pop((letter.partition, letter.value, letter.key), None)
-        if was is not None and was != letter.ref:
-            log.warning("roll: the dead letter %s of %s is %s from now on (the old sink wrote it "
-                        "while it drained)", was, topic, letter.ref)
-
-
-def copy_assets(old: Settings, new: Settings, after: dict[int, int] | None = None,
-                ) -> dict[int, int]:
-    """The asset catalog from the old broker to the next: each asset's newest record, or
-    with ``after`` (what a first copy returned) the records written since. Returns the
-    position after the last record copied, per partition."""
-    newest, ends = newest_records(old, old.topic_assets, after, timeout_s=30)
-    producer = Producer(producer_config(new))
-    for key, (partition, value) in newest.items():
-        produce_waiting(producer, new.topic_assets, value, key, partition=partition)
-    if producer.flush(30) > 0:
-        raise RuntimeError("the next broker did not take the asset catalog")
-    return ends
+def roll(sup: Supervisor) -> None:
+    """Roll ``sup``'s embedded broker over to the next one, in the steps above. A SIGTERM
+    meanwhile stops `sluice up` once the roll is done: the next sink must run to drain what
+    requests gave the next broker."""
+    old_broker, old = sup.broker, sup.settings
+    assert old_broker is not None and sup.front is not None
+    began = time.monotonic()
+    log.warning("rolling the embedded broker over to a new one: it holds %.0f MiB (roll at "
+                "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests go to the next one "
+                "as soon as it runs", (old_broker.memory_bytes() or 0) / 2**20,
+                (sup.roll_at or 0) / 2**20)
+    broker = sup.next_broker().start()
+    new = sup.settings_for(broker)
+    ensure_topics(new)
+    # the next worker's imports take a second: done while the old generation drains
+    next_agents = start_agents(new, gated=True)
+    assets_at = copy_assets(old, new)
+    letters_at = copy_letters(old, new)
+    # requests go to the next broker from here on; waits for user state hold until its
+    # agents join, reads go to the old agents meanwhile
+    sup.broker, sup.settings = broker, new
+    sup.start_gateway(hold_waits_s=DRAIN_WAIT_S + JOIN_WAIT_S + 65)
+    switched = time.monotonic()
+    sup.front.point_at(broker.port)
+    copied_bytes = broker.memory_bytes() or 0
+    old_sink, old_sink_thread = sup.sink, sup.sink_thread
+    sup.start_sink()  # the next broker's events reach ClickHouse as at any time
+    copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
+    old_agents = sup.agents
+    caught_up = agents_caught_up(
+        old, DRAIN_WAIT_S,
+        gone=lambda: old_agents is None or old_agents.poll() is not None)
+    caught_up_at = time.monotonic()
+    # all the old agents' state is in the changelog: reads are answered from it while
+    # no worker can (or, with agents that did not catch up, wait for the next ones)
+    users = read_users(old) if caught_up else None
+    if users is not None:
+        sup.server.answer_user_states_from(users)
+    else:
+        sup.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
+    sup.stop_agents(kill=True)
+    if users is not None:  # the next agents start at once: they need nothing more
+        rebuilt = write_users(new, users)
+        log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
+        reset_local_state(new)  # the old worker's store followed the old changelog
+        agents = sup.launch_agents(next_agents)
+    if old_sink and old_sink_thread:  # while the next agents start
+        sup.stop_sink(old_sink, old_sink_thread, old, drain=True)
+    copy_letters(old, new, after=letters_at)
+    old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
+    if users is None:  # from ClickHouse, with what both sinks stored (and committed)
+        assert sup.store is not None and sup.sink is not None
+        with sup.sink.paused():
+            rebuild_state(new, sup.store, show_progress=False, resume_group=new.sink_group)
+        reset_local_state(new)
+        agents = sup.launch_agents(next_agents)
+    if not sup.stopping.is_set():  # else the stop needs no joined agents
+        wait_for_agents(new, agents, sup.console, JOIN_WAIT_S)
+        # reads leave the carried records only once every partition has its owner
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while ((owned_partitions(new) or 0) < new.events_partitions
+               and time.monotonic() < deadline and agents.poll() is None):
+            time.sleep(0.1)
+    sup.server.release_user_states()
+    done = time.monotonic()
+    # from what the copies alone filled (requests flowed meanwhile: they count against
+    # the next roll, not for where it begins)
+    sup.roll_at = roll_at(new, copied_bytes)
+    BROKER_ROLLS.labels("changelog" if users is not None else "rebuild").inc()
+    BROKER_ROLL_SECONDS.observe(done - began)
+    log.warning("rolled the embedded broker in %.1f s: requests went to the next one %.1f s "
+                "in, waiting for none of it; waits for user state held %.1f s (the old agents "
+                "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
+                "next roll at %.0f MiB", done - began, switched - began,
+                done - switched, caught_up_at - switched,
+                done - caught_up_at, "throughout (from the changelog's records meanwhile)"
+                if users is not None else f"after {done - caught_up_at:.1f} s held (user "
+                "state rebuilt from ClickHouse)", (sup.roll_at or 0) / 2**20)

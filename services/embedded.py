@@ -55,19 +55,11 @@ from types import FrameType
 from rich.console import Console
 
 from services import verify_commands
-from services.broker_roll import (
-    agents_caught_up,
-    copy_assets,
-    copy_letters,
-    read_users,
-    roll_at,
-    sink_caught_up,
-    write_users,
-)
+from services.broker_roll import DRAIN_WAIT_S, roll, roll_at, sink_caught_up
 from services.embedded_gateway import GatewayServer
 from services.embedded_processes import (
+    JOIN_WAIT_S,
     open_gate,
-    owned_partitions,
     ports_taken,
     start_agents,
     wait_for_agents,
@@ -78,7 +70,6 @@ from services.shared.broker import BrokerFront, EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import limit_malloc_arenas, release_free_heap, tune_gc
 from services.shared.kafka import ensure_topics
-from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
@@ -88,8 +79,6 @@ log = logging.getLogger(__name__)
 
 AGENTS_BACKOFF_MAX_S = 30.0
 STOP_WAIT_S = 60.0  # for the gateway's and the sink's threads, each
-DRAIN_WAIT_S = 30.0  # for the sink to consume what the broker holds before it stops
-JOIN_WAIT_S = 60.0  # for a new agents worker to own its partitions
 
 
 def run_embedded(settings: Settings) -> None:
@@ -139,8 +128,8 @@ class Supervisor:
         self.broker: EmbeddedBroker | None = None
         self.front: BrokerFront | None = None
         if not settings.kafka_bootstrap:
-            self.broker = self._next_broker()
-            self.settings = self._settings_for(self.broker)
+            self.broker = self.next_broker()
+            self.settings = self.settings_for(self.broker)
             self.front = BrokerFront(settings.embedded_broker_host, settings.embedded_broker_port)
         self.store: Store | None = None
         self.agents: subprocess.Popen[bytes] | None = None
@@ -194,12 +183,12 @@ class Supervisor:
                     self.front.stop()
         return self.exit_code
 
-    def _next_broker(self) -> EmbeddedBroker:
+    def next_broker(self) -> EmbeddedBroker:
         """Each Tansu on a port of its own: a roll starts the next beside the old one."""
         return EmbeddedBroker(self.public.embedded_broker_host, free_port(),
                               log_path=self.public.data_dir / "tansu.log")
 
-    def _settings_for(self, broker: EmbeddedBroker) -> Settings:
+    def settings_for(self, broker: EmbeddedBroker) -> Settings:
         return self.public.model_copy(update={"embedded_broker_port": broker.port})
 
     # -- a generation -------------------------------------------------------------------
@@ -230,14 +219,14 @@ class Supervisor:
             # the agents' local stores hold offsets into the previous broker's changelog,
             # which is gone: the new worker recovers the rebuilt state from the new one
             reset_local_state(settings)
-        self._start_agents()
-        self._start_sink()
+        self.launch_agents()
+        self.start_sink()
         if first:
             self._banner()
         assert self.agents is not None
         wait_for_agents(settings, self.agents, console, JOIN_WAIT_S)
         tune_gc(settings.gc_young_threshold)  # the rebuild's garbage is gone; freeze the rest
-        self._start_gateway()
+        self.start_gateway()
         self._unwind_on_signal = False
         if self.stopping.is_set():  # a signal between the last check and the line above
             raise _Stop
@@ -263,7 +252,7 @@ class Supervisor:
             log.info("sluice up: gateway %s, metrics %s/metrics and %s/metrics, live page "
                      "%s/ui", base, base, agents_base, base)
 
-    def _start_agents(self, gated: subprocess.Popen[bytes] | None = None,
+    def launch_agents(self, gated: subprocess.Popen[bytes] | None = None,
                       ) -> subprocess.Popen[bytes]:
         """A new worker, or ``gated``: one started earlier that waits to begin."""
         if gated is not None:
@@ -273,7 +262,7 @@ class Supervisor:
         log.info("agents worker started, pid %d", agents.pid)
         return agents
 
-    def _start_sink(self) -> None:
+    def start_sink(self) -> None:
         assert self.store is not None
         sink = self.sink = Sink(self.settings, self.store)
 
@@ -288,7 +277,7 @@ class Supervisor:
         self.sink_thread = threading.Thread(target=sink_main, name="sink")
         self.sink_thread.start()
 
-    def _start_gateway(self, hold_waits_s: float = 0.0) -> None:
+    def start_gateway(self, hold_waits_s: float = 0.0) -> None:
         """Serve the next app (from the one serving, if any: it answers what it took)."""
         broker = self.broker
         self.server.open(create_app(self.settings, self.store,
@@ -301,7 +290,7 @@ class Supervisor:
         ``final``: `sluice up` stops, and so does its HTTP server; else requests wait for
         the next."""
         if broker_died:
-            self._stop_agents(kill=True)
+            self.stop_agents(kill=True)
             if self.sink:  # nothing can reach the dead broker: no order to keep, stop both
                 self.sink.abandon()
             # requests waiting for its acks get their 503 now, not at timeout, and those
@@ -315,11 +304,11 @@ class Supervisor:
         if self.sink and self.sink_thread:
             if not broker_died and final:
                 self.console.print("stopping: draining the sink into ClickHouse...")
-            self._stop_sink(self.sink, self.sink_thread, self.settings, drain=not broker_died)
+            self.stop_sink(self.sink, self.sink_thread, self.settings, drain=not broker_died)
         self.sink = self.sink_thread = None
-        self._stop_agents(kill=False)
+        self.stop_agents(kill=False)
 
-    def _stop_sink(self, sink: Sink, thread: threading.Thread, settings: Settings,
+    def stop_sink(self, sink: Sink, thread: threading.Thread, settings: Settings,
                    drain: bool) -> None:
         """``drain``: first let it consume what its broker holds (its group's lag to zero,
         within DRAIN_WAIT_S). Its stop writes only what it fetched, and the next start
@@ -336,7 +325,7 @@ class Supervisor:
         self.rows_written += sink.rows_written
         log.info("sink stopped in %.1f s", time.monotonic() - began)
 
-    def _stop_agents(self, kill: bool) -> None:
+    def stop_agents(self, kill: bool) -> None:
         if self.agents is None:
             return
         if self.agents.poll() is None:
@@ -357,7 +346,7 @@ class Supervisor:
             if self.broker and self.broker.returncode is not None:
                 self._restart_broker()
             elif self.broker and self.roll_at and (self.broker.memory_bytes() or 0) >= self.roll_at:
-                self._roll_broker()
+                roll(self)
                 # the old generation is garbage now, the carried records too (once the
                 # roll's frame is gone): collect it, freeze what lives, give pages back
                 tune_gc(self.settings.gc_young_threshold)
@@ -383,87 +372,7 @@ class Supervisor:
         self.agents = None
         if self.stopping.wait(delay):
             return
-        self._start_agents()
-
-    def _roll_broker(self) -> None:
-        """A planned generation that frees the broker's memory, the next broker started
-        beside the old one (services.broker_roll). A SIGTERM meanwhile stops `sluice up`
-        once the roll is done: the next sink must run to drain what requests gave the next
-        broker."""
-        old_broker, old = self.broker, self.settings
-        assert old_broker is not None and self.front is not None
-        began = time.monotonic()
-        log.warning("rolling the embedded broker over to a new one: it holds %.0f MiB (roll at "
-                    "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests go to the next one "
-                    "as soon as it runs", (old_broker.memory_bytes() or 0) / 2**20,
-                    (self.roll_at or 0) / 2**20)
-        broker = self._next_broker().start()
-        new = self._settings_for(broker)
-        ensure_topics(new)
-        # the next worker's imports take a second: done while the old generation drains
-        next_agents = start_agents(new, gated=True)
-        assets_at = copy_assets(old, new)
-        letters_at = copy_letters(old, new)
-        # requests go to the next broker from here on; waits for user state hold until its
-        # agents join, reads go to the old agents meanwhile
-        self.broker, self.settings = broker, new
-        self._start_gateway(hold_waits_s=DRAIN_WAIT_S + JOIN_WAIT_S + 65)
-        switched = time.monotonic()
-        self.front.point_at(broker.port)
-        copied_bytes = broker.memory_bytes() or 0
-        old_sink, old_sink_thread = self.sink, self.sink_thread
-        self._start_sink()  # the next broker's events reach ClickHouse as at any time
-        copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
-        old_agents = self.agents
-        caught_up = agents_caught_up(
-            old, DRAIN_WAIT_S,
-            gone=lambda: old_agents is None or old_agents.poll() is not None)
-        caught_up_at = time.monotonic()
-        # all the old agents' state is in the changelog: reads are answered from it while
-        # no worker can (or, with agents that did not catch up, wait for the next ones)
-        users = read_users(old) if caught_up else None
-        if users is not None:
-            self.server.answer_user_states_from(users)
-        else:
-            self.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
-        self._stop_agents(kill=True)
-        if users is not None:  # the next agents start at once: they need nothing more
-            rebuilt = write_users(new, users)
-            log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
-            reset_local_state(new)  # the old worker's store followed the old changelog
-            agents = self._start_agents(next_agents)
-        if old_sink and old_sink_thread:  # while the next agents start
-            self._stop_sink(old_sink, old_sink_thread, old, drain=True)
-        copy_letters(old, new, after=letters_at)
-        old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
-        if users is None:  # from ClickHouse, with what both sinks stored (and committed)
-            assert self.store is not None and self.sink is not None
-            with self.sink.paused():
-                rebuild_state(new, self.store, show_progress=False, resume_group=new.sink_group)
-            reset_local_state(new)
-            agents = self._start_agents(next_agents)
-        if not self.stopping.is_set():  # else the stop needs no joined agents
-            wait_for_agents(new, agents, self.console, JOIN_WAIT_S)
-            # reads leave the carried records only once every partition has its owner
-            deadline = time.monotonic() + JOIN_WAIT_S
-            while ((owned_partitions(new) or 0) < new.events_partitions
-                   and time.monotonic() < deadline and agents.poll() is None):
-                time.sleep(0.1)
-        self.server.release_user_states()
-        done = time.monotonic()
-        # from what the copies alone filled (requests flowed meanwhile: they count against
-        # the next roll, not for where it begins)
-        self.roll_at = roll_at(new, copied_bytes)
-        BROKER_ROLLS.labels("changelog" if users is not None else "rebuild").inc()
-        BROKER_ROLL_SECONDS.observe(done - began)
-        log.warning("rolled the embedded broker in %.1f s: requests went to the next one %.1f s "
-                    "in, waiting for none of it; waits for user state held %.1f s (the old agents "
-                    "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
-                    "next roll at %.0f MiB", done - began, switched - began,
-                    done - switched, caught_up_at - switched,
-                    done - caught_up_at, "throughout (from the changelog's records meanwhile)"
-                    if users is not None else f"after {done - caught_up_at:.1f} s held (user "
-                    "state rebuilt from ClickHouse)", (self.roll_at or 0) / 2**20)
+        self.launch_agents()
 
     def _restart_broker(self) -> None:
         assert self.broker is not None

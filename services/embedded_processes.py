@@ -69,6 +69,7 @@ def owned_partitions(settings: Settings) -> int | None:
 
 
 EMBEDDED_SESSION_TIMEOUT_S = 3.0
+JOIN_WAIT_S = 60.0  # for a new agents worker to own its partitions
 
 
 def start_agents(settings: Settings, gated: bool = False) -> subprocess.Popen[bytes]:

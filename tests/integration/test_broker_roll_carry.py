@@ -1,7 +1,8 @@
-"""What a roll of the embedded broker decides and carries (services.broker_roll), on the test
-broker: whether the agents have caught up (Tansu's ListOffsets trails its last batch), each
-user's newest record with its source position reset, dead letters kept as they were, and the
-asset catalog, copied before the switch and its tail after."""
+"""What a roll of the embedded broker decides and carries (services.broker_roll,
+services.roll_copies), on the test broker: whether the agents have caught up (Tansu's
+ListOffsets trails its last batch), each user's newest record with its source position
+reset, dead letters kept as they were, and the asset catalog, copied before the switch and
+its tail after."""
 
 from __future__ import annotations
 
@@ -9,13 +10,8 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from services.broker_roll import (
-    agents_caught_up,
-    copy_assets,
-    copy_letters,
-    read_users,
-    write_users,
-)
+from services.broker_roll import agents_caught_up
+from services.roll_copies import copy_assets, copy_letters, read_users, write_users
 from services.shared.assets import asset_key, decode_asset, encode_asset, iso_utc
 from services.shared.events import message_key, partition_for
 from services.shared.kafka import client_config, ensure_topics, producer_config

@@ -19,7 +19,9 @@ The newest SLUICE_VERIFY_SETTLE_S are left out by default: events on their way.
 What it reads: only ``event_tallies`` (a few rows per program, minute and partition; never
 ``events``), the agents group's committed offsets, and the first message of each partition
 (its time says which tallies belong to this topic's life: the embedded broker starts empty,
-so offsets of an earlier run mean nothing to today's agents group).
+so offsets of an earlier run mean nothing to today's agents group; the fetch's end offset
+says whether the minute it began also holds an earlier broker's offsets, as the minute of a
+roll of `sluice up`'s broker does: that minute is then not judged against the agents).
 """
 
 from __future__ import annotations
@@ -98,11 +100,14 @@ class Report:
 
 def compare(cells: Iterable[Cell], committed: dict[int, int] | None,
             starts: dict[int, datetime] | None = None, *, since: datetime,
-            until: datetime) -> Report:
+            until: datetime, ends: dict[int, int] | None = None) -> Report:
     """The pure comparison. ``committed``: the agents group's committed offset per partition
     (None: the agents are not checked); ``starts``: each partition's first retained
     message's time: tallies of earlier minutes, or of a partition empty now, are not judged
-    against the agents (an earlier broker's offsets, or beyond retention)."""
+    against the agents (an earlier broker's offsets, or beyond retention); ``ends``: each
+    partition's end offset: in the minute the topic began, acked offsets at or past it are
+    an earlier broker's too (a roll of `sluice up`'s broker mixes both in that minute), and
+    that minute is not judged."""
     programs: dict[str, Totals] = defaultdict(Totals)
     gaps: list[Gap] = []
     for c in sorted(cells, key=lambda c: (c.program, c.minute, c.partition)):
@@ -117,8 +122,10 @@ def compare(cells: Iterable[Cell], committed: dict[int, int] | None,
         if committed is None or c.acked == 0:
             continue
         start = None if starts is None else starts.get(c.partition)
-        if starts is not None and (start is None or c.minute < start.replace(second=0,
-                                                                            microsecond=0)):
+        began = None if start is None else start.replace(second=0, microsecond=0)
+        if starts is not None and (began is None or c.minute < began or (
+                ends is not None and c.minute == began
+                and c.acked_last >= ends.get(c.partition, 0))):
             t.unjudged += c.acked
         elif committed.get(c.partition, -1) > c.acked_last:
             t.applied += c.acked
@@ -211,9 +218,10 @@ def locate(store: Store, gaps: list[Gap], most: int = 1000) -> None:
 
 
 def verify(store: Store, since: datetime, until: datetime, committed: dict[int, int] | None,
-           starts: dict[int, datetime] | None = None, program: str | None = None) -> Report:
+           starts: dict[int, datetime] | None = None, program: str | None = None,
+           ends: dict[int, int] | None = None) -> Report:
     report = compare(read_cells(store, since, until, program), committed, starts,
-                     since=since, until=until)
+                     since=since, until=until, ends=ends)
     locate(store, report.gaps)
     return report
 

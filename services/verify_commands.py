@@ -31,9 +31,10 @@ GAUGES = (VERIFY_GAP_EVENTS, VERIFY_ACKED_EVENTS, VERIFY_LAST_RUN)
 
 
 def agents_positions(settings: Settings, timeout_s: float = 5.0,
-                     ) -> tuple[dict[int, int], dict[int, datetime]]:
-    """The agents group's committed offset per partition of ``events`` (-1: none), and the
-    time of each partition's first retained message."""
+                     ) -> tuple[dict[int, int], dict[int, datetime], dict[int, int]]:
+    """The agents group's committed offset per partition of ``events`` (-1: none), the
+    time of each partition's first retained message, and each partition's end as the fetch
+    of that message reported it (Tansu's ListOffsets trails its last batch)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from services.shared.kafka import client_config
@@ -52,6 +53,7 @@ def agents_positions(settings: Settings, timeout_s: float = 5.0,
         reader.close()
     wanted = [TopicPartition(topic, p, low) for p, (low, high) in lows.items() if high > low]
     starts: dict[int, datetime] = {}
+    ends: dict[int, int] = {}
     if wanted:
         first = Consumer(client_config(settings) | {
             "group.id": f"sluice-verify-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
@@ -63,17 +65,21 @@ def agents_positions(settings: Settings, timeout_s: float = 5.0,
                     if m.error() is None and m.partition() not in starts:
                         starts[m.partition() or 0] = datetime.fromtimestamp(
                             m.timestamp()[1] / 1000, UTC)
+            for tp in wanted:
+                if tp.partition in starts:
+                    ends[tp.partition] = first.get_watermark_offsets(tp, cached=True)[1]
         finally:
             first.close()
-    return committed, starts
+    return committed, starts, ends
 
 
 def run_once(settings: Settings, store: object, since: datetime, until: datetime,
              program: str | None = None, agents: bool = True) -> Report:
     from services.verify import verify as check
 
-    committed, starts = agents_positions(settings) if agents else (None, None)
-    report = check(store, since, until, committed, starts, program)  # type: ignore[arg-type]
+    committed, starts, ends = agents_positions(settings) if agents else (None, None, None)
+    report = check(store, since, until, committed, starts,  # type: ignore[arg-type]
+                   program, ends)
     export(report)
     return report
 

@@ -60,6 +60,21 @@ def test_tallies_older_than_the_partitions_first_message_are_not_judged() -> Non
     assert (report.total.applied, report.total.unjudged) == (3, 9)
 
 
+def test_the_minute_a_topic_began_is_judged_unless_it_holds_an_earlier_brokers_offsets() -> None:
+    """A roll of `sluice up`'s broker: the minute it happened in counts the old broker's
+    acks (offsets up to 5,000) with the next one's (up to 40, all applied): no alarm. A topic
+    that began this minute with no earlier broker in it is judged as any minute."""
+    began = {0: M + timedelta(seconds=20), 1: M + timedelta(seconds=20)}
+    rolled = cell(120, 120, partition=0, last=5_000)
+    fresh = cell(30, 30, partition=1, last=29)
+    report = compare([rolled, fresh], {0: 41, 1: 12}, began, ends={0: 41, 1: 30}, **W)
+    assert (report.total.unjudged, report.total.unapplied) == (120, 30)
+    assert [(g.kind, g.partition, g.offsets) for g in report.gaps] == [
+        ("not applied", 1, [(12, 29)])]
+    caught_up = compare([rolled, fresh], {0: 41, 1: 30}, began, ends={0: 41, 1: 30}, **W)
+    assert caught_up.ok and caught_up.total.applied == 30
+
+
 def test_uncovered_names_the_acked_offsets_no_stored_batch_holds() -> None:
     assert uncovered([(0, 7)], [(0, 3), (6, 7)]) == [(4, 5)]
     assert uncovered([(0, 3), (4, 9)], [(0, 9)]) == []

@@ -309,7 +309,7 @@ class Supervisor:
         self.stop_agents(kill=False)
 
     def stop_sink(self, sink: Sink, thread: threading.Thread, settings: Settings,
-                   drain: bool) -> None:
+                  drain: bool) -> None:
         """``drain``: first let it consume what its broker holds (its group's lag to zero,
         within DRAIN_WAIT_S). Its stop writes only what it fetched, and the next start
         brings a fresh broker: a sink still rejoining its group after a broker stall would

@@ -36,9 +36,9 @@ counts.
 
 Nothing acked is lost or counted twice: every event acked before the switch is in
 ClickHouse (step 6) and in the carried state (steps 4, 5), and the events topic the next
-agents read holds only later ones. Agents that do not catch up within the wait (or die meanwhile) make
-the roll rebuild user state from ClickHouse instead, once the old sink drained (the next
-one paused meanwhile), as a start does: slower, equally right.
+agents read holds only later ones. Agents that do not catch up within the wait (or die
+meanwhile) make the roll rebuild user state from ClickHouse instead, once the old sink
+drained (the next one paused meanwhile), as a start does: slower, equally right.
 """
 
 from __future__ import annotations
@@ -51,12 +51,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from faust.types import TP
 
-from services.embedded_processes import (
-    JOIN_WAIT_S,
-    owned_partitions,
-    start_agents,
-    wait_for_agents,
-)
+from services.embedded_processes import JOIN_WAIT_S, start_agents, wait_for_agents
 from services.roll_copies import copy_assets, copy_letters, read_users, write_users
 from services.shared.kafka import client_config, ensure_topics
 from services.shared.lag import group_lag, offsets_reader
@@ -197,12 +192,9 @@ def roll(sup: Supervisor) -> None:
         reset_local_state(new)
         agents = sup.launch_agents(next_agents)
     if not sup.stopping.is_set():  # else the stop needs no joined agents
-        wait_for_agents(new, agents, sup.console, JOIN_WAIT_S)
         # reads leave the carried records only once every partition has its owner
-        deadline = time.monotonic() + JOIN_WAIT_S
-        while ((owned_partitions(new) or 0) < new.events_partitions
-               and time.monotonic() < deadline and agents.poll() is None):
-            time.sleep(0.1)
+        wait_for_agents(new, agents, sup.console, 2 * JOIN_WAIT_S,
+                        partitions=new.events_partitions)
     sup.server.release_user_states()
     done = time.monotonic()
     # from what the copies alone filled (requests flowed meanwhile: they count against

@@ -42,19 +42,20 @@ def ports_taken(settings: Settings) -> list[str]:
 
 
 def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,
-                    timeout_s: float = 60.0) -> None:
-    """Open the gateway once the worker owns its partitions (its group join takes a few
-    seconds), so the first ``queue_updates=false`` POST does not wait for the join."""
+                    timeout_s: float = 60.0, partitions: int = 1) -> None:
+    """Open the gateway once the worker owns ``partitions`` of its partitions (its group
+    join takes a few seconds), so the first ``queue_updates=false`` POST does not wait for
+    the join."""
     if settings.agents_web_port == 0:
         return
     deadline = time.monotonic() + timeout_s
     with console.status("agents: joining their consumer group..."):
         while time.monotonic() < deadline and agents.poll() is None:
-            if (owned_partitions(settings) or 0) > 0:
+            if (owned_partitions(settings) or 0) >= partitions:
                 return
             time.sleep(0.1)
-    console.print("[yellow]the agents own no partitions yet: queue_updates=false requests wait "
-                  f"for them (see {settings.data_dir / 'agents.log'})[/]")
+    console.print("[yellow]the agents do not own their partitions yet: queue_updates=false "
+                  f"requests wait for them (see {settings.data_dir / 'agents.log'})[/]")
 
 
 def owned_partitions(settings: Settings) -> int | None:

@@ -17,20 +17,24 @@ counts.
    the old agents meanwhile (services.gateway.user_states: held, not failed). The catalog
    records the old app wrote meanwhile follow (an asset's newest ``updated_at`` wins, in
    whatever order its records come).
-3. The next sink starts at once, and so does the next agents worker, gated: it does its
-   imports and then waits (services.embedded_processes.open_gate).
-4. On the old broker, which nobody writes to any more, the agents apply what is left: the
-   roll waits until their group's committed offsets reach every events partition's end
+3. The next sink starts at once, and so does the next agents worker, held: it joins its
+   group and gets its partitions, but recovers nothing and applies nothing until told
+   (streams.recovery.recover_when_told), on a fresh local store.
+4. On the old broker, which nobody writes to any more, the agents apply what is left (the
+   roll reads most of the changelog meanwhile): it waits until their group's committed
+   offsets (SLUICE_AGENTS_COMMIT_INTERVAL_S apart) reach every events partition's end
    (read with a Fetch: Tansu's ListOffsets trails its last batch, streams.recovery). The
    agents commit an offset only once its events' state is in the changelog.
 5. Each user's newest record is read from the old changelog, the old agents stop, and the
    records go into the next changelog with their source position reset to "nothing applied
    yet" (everything of the old events topic is in them, and the next one holds only later
    events). Reads are answered from those records until the next agents own every
-   partition. The next worker's gate opens: with fresh local stores, it recovers the
-   carried records and applies the events taken since step 2 from offset 0.
-6. Meanwhile the old sink drains into ClickHouse and stops; the dead letters it wrote
-   meanwhile follow the first copy (every record of the dead-letter topic and its two
+   partition. The next worker is told: it recovers the carried records and applies the
+   events taken since step 2 from offset 0. Its start, Faust's nap and Tansu's hold of a
+   first JoinGroup (half the session timeout) passed meanwhile.
+6. Once it serves every partition, waits for user state go on (nothing after this step
+   touches user state). The old sink drains into ClickHouse and stops; the dead letters it
+   wrote meanwhile follow the first copy (every record of the dead-letter topic and its two
    marker topics, verbatim, in order, so letters keep their partition:offset names). Then
    the old broker stops, and its memory is free.
 
@@ -44,6 +48,7 @@ drained (the next one paused meanwhile), as a start does: slower, equally right.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -149,7 +154,10 @@ def roll(sup: Supervisor) -> None:
     broker = sup.next_broker().start()
     new = sup.settings_for(broker)
     ensure_topics(new)
-    # the next worker's imports take a second: done while the old generation drains
+    # the next worker joins while the old generation drains: its start, Faust's nap and
+    # Tansu's hold of a first join take ~4 s. Its store must be fresh (the others not in use
+    # followed an older changelog)
+    reset_local_state(new)
     next_agents = start_agents(new, gated=True)
     assets_at = copy_assets(old, new)
     letters_at = copy_letters(old, new)
@@ -164,24 +172,35 @@ def roll(sup: Supervisor) -> None:
     sup.start_sink()  # the next broker's events reach ClickHouse as at any time
     copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
     old_agents = sup.agents
+    read_so_far = read_users(old)  # most of the changelog, while the old agents catch up
     caught_up = agents_caught_up(
         old, DRAIN_WAIT_S,
         gone=lambda: old_agents is None or old_agents.poll() is not None)
     caught_up_at = time.monotonic()
     # all the old agents' state is in the changelog: reads are answered from it while
     # no worker can (or, with agents that did not catch up, wait for the next ones)
-    users = read_users(old) if caught_up else None
+    users = read_users(old, read_so_far).records if caught_up else None
     if users is not None:
         sup.server.answer_user_states_from(users)
     else:
         sup.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
     sup.stop_agents(kill=True)
-    if users is not None:  # the next agents start at once: they need nothing more
+
+    def serve_once_joined(agents: subprocess.Popen[bytes]) -> float:
+        """When waits for user state were let go."""
+        if not sup.stopping.is_set():  # else the stop needs no joined agents
+            # reads leave the carried records only once every partition has its owner
+            wait_for_agents(new, agents, sup.console, 2 * JOIN_WAIT_S,
+                            partitions=new.events_partitions)
+        sup.server.release_user_states()
+        return time.monotonic()
+
+    if users is not None:  # the next agents begin at once: they need nothing more
         rebuilt = write_users(new, users)
         log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
-        reset_local_state(new)  # the old worker's store followed the old changelog
-        agents = sup.launch_agents(next_agents)
-    if old_sink and old_sink_thread:  # while the next agents start
+        reset_local_state(new)  # the old worker's: a restarted worker must not claim it
+        served = serve_once_joined(sup.launch_agents(next_agents))  # before the old sink's drain
+    if old_sink and old_sink_thread:
         sup.stop_sink(old_sink, old_sink_thread, old, drain=True)
     copy_letters(old, new, after=letters_at)
     old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
@@ -190,12 +209,7 @@ def roll(sup: Supervisor) -> None:
         with sup.sink.paused():
             rebuild_state(new, sup.store, show_progress=False, resume_group=new.sink_group)
         reset_local_state(new)
-        agents = sup.launch_agents(next_agents)
-    if not sup.stopping.is_set():  # else the stop needs no joined agents
-        # reads leave the carried records only once every partition has its owner
-        wait_for_agents(new, agents, sup.console, 2 * JOIN_WAIT_S,
-                        partitions=new.events_partitions)
-    sup.server.release_user_states()
+        served = serve_once_joined(sup.launch_agents(next_agents))
     done = time.monotonic()
     # from what the copies alone filled (requests flowed meanwhile: they count against
     # the next roll, not for where it begins)
@@ -206,7 +220,7 @@ def roll(sup: Supervisor) -> None:
                 "in, waiting for none of it; waits for user state held %.1f s (the old agents "
                 "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
                 "next roll at %.0f MiB", done - began, switched - began,
-                done - switched, caught_up_at - switched,
-                done - caught_up_at, "throughout (from the changelog's records meanwhile)"
-                if users is not None else f"after {done - caught_up_at:.1f} s held (user "
+                served - switched, caught_up_at - switched,
+                served - caught_up_at, "throughout (from the changelog's records meanwhile)"
+                if users is not None else f"after {served - caught_up_at:.1f} s held (user "
                 "state rebuilt from ClickHouse)", (sup.roll_at or 0) / 2**20)

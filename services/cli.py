@@ -106,16 +106,15 @@ def sink() -> None:
 @app.command()
 def agents(
     loglevel: str = typer.Option("warn", help="crit, error, warn, info, debug"),
-    start_on_stdin: bool = typer.Option(False, hidden=True),
+    recover_on_stdin: bool = typer.Option(False, hidden=True),
 ) -> None:
     """A stream-agent worker (Faust): keeps users' label weights; run several to scale."""
     from streams.worker import run_worker  # Faust's imports: most of a worker's first second
 
     # `sluice up` starts the next worker while a roll still carries user state over: it
-    # begins once told (a line), or never (end of input: the roll gave it up)
-    if start_on_stdin and not sys.stdin.readline():
-        return
-    run_worker(_settings(), loglevel)
+    # joins at once and recovers once told (a line), or stops (end of input: the roll gave
+    # it up)
+    run_worker(_settings(), loglevel, told=sys.stdin if recover_on_stdin else None)
 
 
 @app.command("rebuild-state")

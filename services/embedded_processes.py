@@ -43,28 +43,28 @@ def ports_taken(settings: Settings) -> list[str]:
 
 def wait_for_agents(settings: Settings, agents: subprocess.Popen[bytes], console: Console,
                     timeout_s: float = 60.0, partitions: int = 1) -> None:
-    """Open the gateway once the worker owns ``partitions`` of its partitions (its group
-    join takes a few seconds), so the first ``queue_updates=false`` POST does not wait for
-    the join."""
+    """Open the gateway once the worker serves ``partitions`` of its partitions (its group
+    join and table recovery take a few seconds), so the first ``queue_updates=false`` POST
+    does not wait for them."""
     if settings.agents_web_port == 0:
         return
     deadline = time.monotonic() + timeout_s
     with console.status("agents: joining their consumer group..."):
         while time.monotonic() < deadline and agents.poll() is None:
-            if (owned_partitions(settings) or 0) >= partitions:
+            if (serving_partitions(settings) or 0) >= partitions:
                 return
             time.sleep(0.1)
     console.print("[yellow]the agents do not own their partitions yet: queue_updates=false "
                   f"requests wait for them (see {settings.data_dir / 'agents.log'})[/]")
 
 
-def owned_partitions(settings: Settings) -> int | None:
-    """Source partitions the worker serving ``settings.agents_web_port`` owns now; None
-    while its stats page is not up."""
+def serving_partitions(settings: Settings) -> int | None:
+    """Source partitions the worker on ``settings.agents_web_port`` owns and has recovered
+    (so applies and answers for); None while its stats page is not up."""
     url = f"http://{settings.http_host}:{settings.agents_web_port}/stats"
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return int(json.load(response)["partitions"])
+            return int(json.load(response)["serving"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -76,7 +76,8 @@ JOIN_WAIT_S = 60.0  # for a new agents worker to own its partitions
 def start_agents(settings: Settings, gated: bool = False) -> subprocess.Popen[bytes]:
     """The Faust worker in its own process (Faust owns its event loop and signals); it
     dies with this process. Call from the main thread (see services.shared.processes).
-    ``gated``: it imports what it needs, then waits for :func:`open_gate`."""
+    ``gated``: it joins its group, then waits for :func:`open_gate` to recover its tables
+    and apply events."""
     env = os.environ | {"SLUICE_KAFKA_BOOTSTRAP": settings.bootstrap}
     # a killed worker's restart waits out its old session first: Tansu takes sessions
     # shorter than Apache Kafka's minimum (group.min.session.timeout.ms, 6 s); measured on
@@ -85,14 +86,14 @@ def start_agents(settings: Settings, gated: bool = False) -> subprocess.Popen[by
     with open(settings.data_dir / "agents.log", "ab") as log_file:  # the child keeps its copy
         return subprocess.Popen(
             [sys.executable, "-m", "services.cli", "agents",
-             *(["--start-on-stdin"] if gated else [])], env=env,
+             *(["--recover-on-stdin"] if gated else [])], env=env,
             stdout=log_file, stderr=subprocess.STDOUT,
             **tied_to_this_process() | ({"stdin": subprocess.PIPE} if gated else {}),
         )
 
 
 def open_gate(agents: subprocess.Popen[bytes]) -> None:
-    """Let a worker started ``gated`` begin (if it is still there to)."""
+    """Let a worker started ``gated`` recover and apply (if it is still there to)."""
     if agents.stdin is None:
         return
     try:

@@ -11,6 +11,7 @@ raises).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
@@ -32,16 +33,20 @@ def carried_topics(settings: Settings) -> dict[str, str]:
             "erased": erased_topic(settings)}
 
 
+Records = dict[bytes, tuple[int, bytes]]  # key -> (partition, value)
+
+
 def newest_records(settings: Settings, topic: str, after: dict[int, int] | None = None,
-                   timeout_s: float = 60.0) -> tuple[dict[bytes, tuple[int, bytes]], dict[int, int]]:
-    """key -> (partition, value) of each key's newest record in ``topic`` (a tombstone drops
-    its key), from ``after``'s positions on if given; and the position after the last
+                   timeout_s: float = 60.0, into: Records | None = None,
+                   ) -> tuple[Records, dict[int, int]]:
+    """Each key's newest record in ``topic`` (a tombstone drops its key), from ``after``'s
+    positions on if given, added to ``into`` if given; and the position after the last
     record read, per partition (``after``'s where none was)."""
-    newest: dict[bytes, tuple[int, bytes]] = {}
+    newest: Records = {} if into is None else into
     ends = dict(after or {})
-    for message in read_to_end(settings, topic, timeout_s, batch=10_000):
+    for message in read_to_end(settings, topic, timeout_s, batch=10_000, start=after):
         partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
-        if offset < (after or {}).get(partition, 0) or key is None:
+        if key is None:
             continue
         if (value := message.value()) is None:
             newest.pop(key, None)
@@ -51,12 +56,26 @@ def newest_records(settings: Settings, topic: str, after: dict[int, int] | None 
     return newest, ends
 
 
-def read_users(settings: Settings, timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
-    """Each user's newest record in the changelog; an erased user's tombstone drops it."""
-    return newest_records(settings, settings.topic_user_state, timeout_s=timeout_s)[0]
+@dataclass
+class CarriedUsers:
+    """Each user's newest changelog record, and where in the changelog the read got to."""
+
+    records: Records = field(default_factory=dict)
+    read_to: dict[int, int] = field(default_factory=dict)
 
 
-def write_users(settings: Settings, users: dict[bytes, tuple[int, bytes]]) -> Rebuilt:
+def read_users(settings: Settings, users: CarriedUsers | None = None,
+               timeout_s: float = 60.0) -> CarriedUsers:
+    """Each user's newest record in the changelog (an erased user's tombstone drops it),
+    read on from where ``users`` got to: a roll reads most of the changelog while the old
+    agents still catch up, and the rest once they did."""
+    users = users or CarriedUsers()
+    _, users.read_to = newest_records(settings, settings.topic_user_state, users.read_to,
+                                      timeout_s, into=users.records)
+    return users
+
+
+def write_users(settings: Settings, users: Records) -> Rebuilt:
     """Into the next broker's changelog, before its agents start: the users' records with
     nothing of its events topic applied yet."""
     producer = Producer(producer_config(settings))

@@ -50,7 +50,7 @@ from streams.handover import install as install_handover
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
 from streams.rebalance import SourceOrder, keep_source_offsets_contiguous, not_done
-from streams.recovery import check_highwaters
+from streams.recovery import HELD_S, check_highwaters
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
 from streams.update import Dedup, apply_messages, chunks, erased, events_in, split_by_user
@@ -149,9 +149,10 @@ def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) ->
     table.on_changelog_event = counted
 
 
-def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
+def create_app(settings: Settings, datadir: Path | None = None, held: bool = False) -> faust.App:
     """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
-    slot 0 of the app id's directory under the data dir."""
+    slot 0 of the app id's directory under the data dir. ``held``: no table recovery and no
+    web page until streams.recovery.recover_when_told lets them start."""
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
     keep_source_offsets_contiguous(settings.topic_events)
     check_highwaters(settings)
@@ -169,13 +170,15 @@ def create_app(settings: Settings, datadir: Path | None = None) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",
         value_serializer="raw",
-        web_enabled=settings.agents_web_port != 0,
+        web_enabled=settings.agents_web_port != 0 and not held,
         web_port=settings.agents_web_port,
         web_bind=settings.http_host,
         canonical_url=settings.agents_advertised_url,  # the owner map names workers by it
         consumer_auto_offset_reset="earliest",
+        stream_recovery_delay=HELD_S if held else 0.0,
         broker_session_timeout=settings.agents_session_timeout_s,
         broker_heartbeat_interval=0.5,
+        broker_commit_interval=settings.agents_commit_interval_s,
         # what a worker holds of a backlog besides the batch it applies: one poll's records
         # and the stream's buffer (messages of up to a request's events each), what the
         # consumer fetched per partition

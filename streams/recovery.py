@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
+import faust
 from confluent_kafka import Consumer, TopicPartition
 from faust.tables.recovery import Recovery
 from faust.types import TP
@@ -86,3 +90,51 @@ def check_highwaters(settings: Settings) -> None:
                 destination[tp] = end - 1
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+
+
+HELD_S = 10 * 365 * 86400.0  # Faust's recovery delay of a held worker: until told
+
+
+def recover_when_told(app: faust.App, told: TextIO, web: bool) -> None:
+    """Hold a worker created ``held`` (streams.app.create_app) before its table recovery
+    until a line comes on ``told``; end of input stops it. ``web``: its web page starts
+    then too (the worker it follows holds the port until then).
+
+    For the next worker of a broker roll (services.broker_roll): it starts, joins its group
+    (Tansu holds a first JoinGroup for half the session timeout) and gets its partitions
+    while the old agents still catch up, and recovers the carried user records, then
+    applies what waited, once they are written. Faust starts each recovery round with a
+    sleep of ``stream_recovery_delay`` and resumes no stream before the round ends; the line
+    sets it to nothing and, if a round already sleeps it, starts the round again (as a
+    rebalance would)."""
+
+    told_at: list[float] = []
+
+    def assigned(sender: Any, /, *args: Any, signal: Any, **__: Any) -> None:
+        if not told_at:  # args: the assigned partitions (sources, changelogs and Faust's)
+            log.info("agents: held with %d partitions assigned; recovering once told",
+                     len(args[0]) if args else 0)
+
+    async def opened() -> None:
+        told_at.append(time.monotonic())
+        if web:
+            try:
+                await app.add_runtime_dependency(app.web)
+            except OSError as exc:  # its port still held: a worker that cannot answer
+                await app.crash(exc)
+                return
+        recovery: Recovery = app.tables.recovery  # type: ignore[attr-defined]
+        recovery.recovery_delay = 0.0
+        if recovery.active_tps or recovery.standby_tps:  # assigned: a round sleeps
+            recovery.signal_recovery_start.set()
+        log.info("agents: told to recover")
+
+    def wait() -> None:
+        if told.readline():
+            asyncio.run_coroutine_threadsafe(opened(), app.loop)
+        else:  # the roll gave this worker up: a clean stop leaves the group at once
+            log.info("agents: told nothing (end of input); stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    app.on_partitions_assigned.connect(assigned)
+    threading.Thread(target=wait, name="recover-when-told", daemon=True).start()

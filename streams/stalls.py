@@ -2,7 +2,7 @@
 
 A partition is stalled when this worker owns and serves it, the group's committed offset
 for it is behind the partition's end, and that offset has not moved for
-``SLUICE_AGENTS_STALL_S`` (Faust commits every 2.8 s while it acks). Two ways to get there
+``SLUICE_AGENTS_STALL_S`` (a worker commits every SLUICE_AGENTS_COMMIT_INTERVAL_S while it acks). Two ways to get there
 are known: Faust skipping records it took for a compaction gap (offsets that are then never
 acked, so never committed past; see streams.rebalance), and a member's late commit of an
 older offset after the owner had committed further (Tansu takes one with a current

@@ -75,7 +75,7 @@ def reset_local_state(settings: Settings) -> int:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.warning("agents store %s is in use by a running worker: kept", path)
+                log.info("agents store %s is in use by a running worker: kept", path)
                 continue
             shutil.rmtree(path)
             removed += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TextIO
 
 import faust
 from mode.utils.logging import level_number
@@ -12,17 +13,22 @@ from services.shared.kafka import ensure_topics
 from services.shared.logs import log_config
 from services.shared.settings import Settings
 from streams.app import create_app
+from streams.recovery import recover_when_told
 from streams.store import Slot
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+def run_worker(settings: Settings, loglevel: str = "warn", told: TextIO | None = None) -> None:
+    """``told``: recover tables (and so apply events) only after a line on it
+    (streams.recovery.recover_when_told)."""
     ensure_topics(settings)
     # this worker's own store directory, held until the process exits: two workers on one
     # data dir each get theirs, and a restarted one finds its store again
     slot = Slot.claim(settings) if settings.agents_store == "rocksdb" else None
-    app = create_app(settings, slot.path if slot else None)
+    app = create_app(settings, slot.path if slot else None, held=told is not None)
+    if told:
+        recover_when_told(app, told, web=settings.agents_web_port != 0)
     tune_gc(settings.gc_young_threshold)  # user records churn per batch, as requests do
     level = logging.getLevelName(level_number(loglevel))
     # Faust would install its own (coloured) handler: it gets Sluice's config instead, and

@@ -275,11 +275,18 @@ class Settings(BaseSettings):
         "reads of the partitions it served, from its store, until their new owners serve them "
         "(0: it stops at once). Below Kubernetes' terminationGracePeriodSeconds (30)."
     )
+    agents_commit_interval_s: float = Field(
+        0.5, gt=0, description="How often a worker commits the source offsets it applied "
+        "(Faust's broker_commit_interval, 2.8 s by default there). A roll of the embedded "
+        "broker waits for the old agents' commits to reach the end; a restarted worker reads "
+        "again what was applied since the last commit (counted once: each user's record "
+        "keeps its source position)."
+    )
     agents_stall_s: float = Field(
         20.0, gt=0, description="A source partition a worker owns whose committed offset has "
         "not moved for this long while it has lag counts as stalled: shown (/readyz, "
         "sluice_agents_stalled_partitions, `sluice status`) and healed by a seek to its "
-        "committed offset. Faust commits every 2.8 s, so this is several commits missed."
+        "committed offset: many commits missed (SLUICE_AGENTS_COMMIT_INTERVAL_S)."
     )
     agents_fetch_max_wait_ms: int = Field(
         50, description="Longest a worker's fetch waits for data (Faust's own is 1500 ms)."

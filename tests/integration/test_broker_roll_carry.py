@@ -6,9 +6,15 @@ its tail after."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
+import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
+from fastapi.testclient import TestClient
 
 from services.broker_roll import agents_caught_up
 from services.roll_copies import copy_assets, copy_letters, read_users, write_users
@@ -18,7 +24,7 @@ from services.shared.kafka import client_config, ensure_topics, producer_config
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from services.sink.letters import read_all
-from tests.integration.conftest import read_topic
+from tests.integration.conftest import env_for, event, read_topic, wait_for
 
 
 def record(user: str, events: int, settings: Settings, offset: int = 41) -> tuple[bytes, int, bytes]:
@@ -78,8 +84,18 @@ def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
                          timestamp=ts)
     assert producer.flush(10) == 0
 
-    users = read_users(settings)
+    so_far = read_users(settings)
+    key, partition, value = record("bob", 6, settings)  # the old agents' last write
+    producer.produce(settings.topic_user_state, value, key, partition=partition)
+    newest[key] = (partition, 6)
+    ann_key, ann_partition, _ = record("ann", 0, settings)  # and an erasure
+    producer.produce(settings.topic_user_state, None, ann_key, partition=ann_partition)
+    del newest[ann_key]
+    assert producer.flush(10) == 0
+    read_to = dict(so_far.read_to)
+    users = read_users(settings, so_far).records  # read on from where the first read ended
     assert {k: (p, UserRecord.decode(v).events) for k, (p, v) in users.items()} == newest
+    assert sum(so_far.read_to.values()) == sum(read_to.values()) + 2
 
     after = next_broker(settings)
     copied_to = copy_letters(settings, after)  # before the switch
@@ -88,9 +104,9 @@ def test_a_roll_carries_each_users_newest_record_and_every_dead_letter(
     assert producer.flush(10) == 0
     copy_letters(settings, after, after=copied_to)
     done = write_users(after, users)
-    assert (done.users, done.events) == (2, 3 + 5)
+    assert (done.users, done.events) == (1, 6)
     got = {}
-    for message in read_topic(after.bootstrap, after.topic_user_state, at_least=2):
+    for message in read_topic(after.bootstrap, after.topic_user_state, at_least=1):
         rec = UserRecord.decode(message.value())
         assert (rec.partition, rec.offset) == (message.partition(), -1)  # nothing applied yet
         got[message.key()] = (message.partition(), rec.events)
@@ -123,3 +139,73 @@ def test_a_roll_copies_the_catalog_and_what_the_old_gateway_wrote_after(settings
     # each asset's newest record once (the older "a" stays behind), then the late one
     assert sorted((r["asset_id"], r["labels"]) for r in got) == [
         ("a", ["new"]), ("b", ["x"]), ("c", ["late"])]
+
+
+def held_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """A roll's next worker: `sluice agents --recover-on-stdin`, as `sluice up` starts it."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "agents", "--recover-on-stdin",
+             "--loglevel", "info"], env=env_for(settings), stdin=subprocess.PIPE,
+            stdout=out, stderr=subprocess.STDOUT)
+
+
+def worker_stats(settings: Settings) -> dict:
+    try:
+        return httpx.get(f"http://127.0.0.1:{settings.agents_web_port}/stats", timeout=2).json()
+    except httpx.HTTPError:
+        return {}
+
+
+def test_a_held_worker_joins_at_once_and_recovers_and_applies_only_once_told(
+        settings: Settings, pipeline: TestClient, tmp_path: Path) -> None:
+    """The next worker of a roll owns its partitions while the old agents still catch up,
+    but reads no user record and applies no event until told; then it recovers the records
+    carried meanwhile and applies the events that waited on top of them, each once."""
+    ensure_topics(settings)
+    log = tmp_path / "agents.log"
+    worker = held_worker(settings, log)
+    try:
+        wait_for(lambda: "held with" in log.read_text(), timeout_s=60, every_s=0.2)  # joined
+        users = [f"user{i}" for i in range(40)]
+        carried = {key: (partition, value) for key, partition, value
+                   in (record(u, 3, settings) for u in users)}
+        assert write_users(settings, carried).events == 3 * len(users)
+        response = pipeline.post("/events?queue_updates=true", headers={"program-id": "shop"},
+                                 json={"events": [event(u, "a1") for u in users]})
+        assert response.status_code == 200, response.text
+        time.sleep(2)  # held: no web page yet (the old worker holds its port), nothing applied
+        assert worker_stats(settings) == {}
+        held = read_topic(settings.bootstrap, settings.topic_user_state, at_least=len(users))
+        assert len(held) == len(users)  # the carried records alone: the worker wrote none
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        worker.stdin.close()
+        wait_for(lambda: worker_stats(settings).get("users_written", 0) >= len(users),
+                 timeout_s=30)
+        told = worker_stats(settings)
+        assert told["serving"] == settings.events_partitions
+        assert told["changelog_recovered"] == len(users) and told["users_written"] == len(users)
+        for user in users:  # three carried events and the one applied after, each once
+            got = pipeline.get(f"/users/{user}/label-weights", headers={"program-id": "shop"})
+            assert got.status_code == 200 and got.json()["events"] == 4, (user, got.text)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_a_held_worker_told_nothing_stops(settings: Settings, tmp_path: Path) -> None:
+    """End of its input (the roll gave it up): it stops, leaving its group, and applied
+    nothing."""
+    ensure_topics(settings)
+    log = tmp_path / "agents.log"
+    worker = held_worker(settings, log)
+    try:
+        wait_for(lambda: "held with" in log.read_text(), timeout_s=60, every_s=0.2)
+        assert worker.stdin is not None
+        worker.stdin.close()
+        assert worker.wait(30) == 0
+        assert "told nothing" in log.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()

@@ -39,9 +39,9 @@ class Up:
 
     def child(self, kind: str) -> psutil.Process:
         """Its broker ('tansu') or agents worker ('agents'), by command line; not a roll's
-        next worker while it waits to begin (--start-on-stdin)."""
+        next worker, held before its recovery (--recover-on-stdin)."""
         [found] = [c for c in psutil.Process(self.proc.pid).children()
-                   if kind in (line := " ".join(c.cmdline())) and "--start-on-stdin" not in line]
+                   if kind in (line := " ".join(c.cmdline())) and "--recover-on-stdin" not in line]
         return found
 
     def tail(self) -> str:

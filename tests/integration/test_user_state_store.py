@@ -43,10 +43,11 @@ def record(client: TestClient, user: str) -> dict:
 def test_state_survives_a_sigkill_of_the_only_worker_and_counts_nothing_twice(
     settings: Settings, pipeline: TestClient, agents: Agents
 ) -> None:
-    """Round 0 is applied, the only worker is SIGKILLed (its source offsets are most likely
-    not committed yet: Faust commits every 2.8 s, so the restart reads round 0 again) and
-    restarted on its own store; round 1 lands on top: every user counts each event once."""
+    """Round 0 is applied, the only worker is SIGKILLed before it commits round 0 (its
+    commits are a minute apart here), restarted on its own store and reads round 0 again;
+    round 1 lands on top: every user counts each event once."""
     users = [f"user{i}" for i in range(300)]
+    agents.settings = settings.model_copy(update={"agents_commit_interval_s": 60.0})
     first = agents.start()
     post(pipeline, users, "r0", T0, "false")  # answered once the worker applied it
     before = agents.stats(first)
@@ -65,6 +66,7 @@ def test_state_survives_a_sigkill_of_the_only_worker_and_counts_nothing_twice(
         assert weights == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}  # 2, and 2 halved
     # its own store, found again: nothing of round 0 read back from the changelog
     assert agents.stats(again)["changelog_recovered"] <= 4  # at most a record per partition
+    assert agents.stats(again)["messages"] == 2 * before["messages"]  # round 0 read again
 
 
 def test_a_backlog_is_applied_in_runs_and_counts_every_event_once(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -24,17 +25,17 @@ def test_rebuild_state_refuses_while_agents_run(monkeypatch: pytest.MonkeyPatch)
     assert opened == []  # nothing was rebuilt
 
 
-def test_a_gated_agents_worker_waits_for_its_line_and_starts_nothing_without_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """`sluice up` starts the next worker during a roll, gated: it runs once told, and on the
-    end of its input (the roll gave it up, or `sluice up` died) it exits without starting."""
-    ran: list[str] = []
-    monkeypatch.setattr("streams.worker.run_worker", lambda settings, loglevel: ran.append(loglevel))
-    assert CliRunner().invoke(cli.app, ["agents", "--start-on-stdin"], input="").exit_code == 0
-    assert ran == []
-    result = CliRunner().invoke(cli.app, ["agents", "--start-on-stdin"], input="go\n")
-    assert result.exit_code == 0
-    assert ran == ["warn"]
+def test_a_held_agents_worker_is_told_on_its_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sluice up` starts the next worker during a roll held before its recovery: the worker
+    reads its word on stdin (streams.recovery.recover_when_told; tested with a real worker in
+    tests/integration/test_broker_roll_carry.py); a worker started by hand is not held."""
+    seen: list[Any] = []
+    monkeypatch.setattr("streams.worker.run_worker",
+                        lambda settings, loglevel, told=None: seen.append(told))
+    assert CliRunner().invoke(cli.app, ["agents", "--recover-on-stdin"], input="go\n").exit_code == 0
+    assert CliRunner().invoke(cli.app, ["agents"]).exit_code == 0
+    assert len(seen) == 2 and seen[0] is not None and seen[0].readline() == "go\n"
+    assert seen[1] is None
 
 
 # -- sluice migrate ---------------------------------------------------------------------

@@ -57,11 +57,18 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from faust.types import TP
 
 from services.embedded_processes import JOIN_WAIT_S, start_agents, wait_for_agents
-from services.roll_copies import copy_assets, copy_letters, read_users, write_users
+from services.roll_copies import (
+    CarriedUsers,
+    copy_assets,
+    copy_letters,
+    read_users,
+    write_users,
+)
 from services.shared.kafka import client_config, ensure_topics
 from services.shared.lag import group_lag, offsets_reader
 from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
+from services.shared.topic_read import TopicUnread
 from streams.rebuild import rebuild_state
 from streams.recovery import fetched_ends
 from streams.store import reset_local_state
@@ -140,6 +147,17 @@ def sink_caught_up(settings: Settings, timeout_s: float) -> bool:
         reader.close()
 
 
+def carried_users(settings: Settings, so_far: CarriedUsers | None = None) -> CarriedUsers | None:
+    """:func:`read_users`, or None where the old broker did not give its changelog (the roll
+    then rebuilds user state from ClickHouse instead of failing `sluice up`)."""
+    try:
+        return read_users(settings, so_far)
+    except TopicUnread as exc:
+        log.warning("roll: the old changelog was not read (%s); user state is rebuilt from "
+                    "ClickHouse instead", exc)
+        return None
+
+
 def roll(sup: Supervisor) -> None:
     """Roll ``sup``'s embedded broker over to the next one, in the steps above. A SIGTERM
     meanwhile stops `sluice up` once the roll is done: the next sink must run to drain what
@@ -172,14 +190,15 @@ def roll(sup: Supervisor) -> None:
     sup.start_sink()  # the next broker's events reach ClickHouse as at any time
     copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
     old_agents = sup.agents
-    read_so_far = read_users(old)  # most of the changelog, while the old agents catch up
+    read_so_far = carried_users(old)  # most of the changelog, while the old agents catch up
     caught_up = agents_caught_up(
         old, DRAIN_WAIT_S,
         gone=lambda: old_agents is None or old_agents.poll() is not None)
     caught_up_at = time.monotonic()
     # all the old agents' state is in the changelog: reads are answered from it while
     # no worker can (or, with agents that did not catch up, wait for the next ones)
-    users = read_users(old, read_so_far).records if caught_up else None
+    read = carried_users(old, read_so_far) if caught_up else None
+    users = read.records if read is not None else None
     if users is not None:
         sup.server.answer_user_states_from(users)
     else:

@@ -22,7 +22,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiokafka
 import faust
@@ -50,7 +50,7 @@ from streams.handover import install as install_handover
 from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
 from streams.rebalance import SourceOrder, keep_source_offsets_contiguous, not_done
-from streams.recovery import HELD_S, check_highwaters
+from streams.recovery import HELD_S, check_highwaters, recover_when_told
 from streams.stalls import Stalls
 from streams.store import LocalStates, app_dir
 from streams.update import Dedup, apply_messages, chunks, erased, events_in, split_by_user
@@ -149,10 +149,12 @@ def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) ->
     table.on_changelog_event = counted
 
 
-def create_app(settings: Settings, datadir: Path | None = None, held: bool = False) -> faust.App:
+def create_app(settings: Settings, datadir: Path | None = None,
+               told: TextIO | None = None) -> faust.App:
     """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
-    slot 0 of the app id's directory under the data dir. ``held``: no table recovery and no
-    web page until streams.recovery.recover_when_told lets them start."""
+    slot 0 of the app id's directory under the data dir. ``told``: held, with no table
+    recovery and no web page, until a line on it (streams.recovery.recover_when_told)."""
+    held = told is not None
     _limit_fetch_wait(settings.agents_fetch_max_wait_ms)
     keep_source_offsets_contiguous(settings.topic_events)
     check_highwaters(settings)
@@ -197,6 +199,8 @@ def create_app(settings: Settings, datadir: Path | None = None, held: bool = Fal
         partitions=settings.events_partitions, use_partitioner=True,
     )
     states = LocalStates(user_state, settings)
+    if told is not None:
+        recover_when_told(app, told, settings, states)
     reads = OwnedReads(app, states, settings)
     install_reads(app, reads, standbys=settings.agents_standby_replicas > 0)
     if settings.agents_web_port != 0:

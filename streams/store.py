@@ -254,23 +254,26 @@ class LocalStates:
 
     def _apply_changelog_batch(self, batch: Iterable[Any], to_key: Any = None,
                                to_value: Any = None) -> None:
-        """Faust's recovery and standby path: changelog records -> the store, each
-        partition's in one batch with its user count and offset."""
+        """Faust's recovery and standby path."""
+        self.apply_changelog((event.message.partition, event.message.offset, event.message.key,
+                              event.message.value) for event in batch)
+
+    def apply_changelog(self, records: Iterable[tuple[int, int, bytes, bytes | None]]) -> None:
+        """Changelog records (partition, offset, key, value) -> the store, each partition's
+        in one batch with its user count and offset."""
         batches: dict[int, Any] = defaultdict(self._write_batch)
         last: dict[int, int] = {}
         added: dict[int, int] = defaultdict(int)
         fresh: dict[int, set[bytes]] = defaultdict(set)  # new keys of this batch
-        for event in batch:
-            message = event.message
-            partition, key = message.partition, message.key
-            last[partition] = max(message.offset, last.get(partition, -1))
+        for partition, offset, key, value in records:
+            last[partition] = max(offset, last.get(partition, -1))
             known = key in fresh[partition] or self._db(partition).get(key) is not None
-            if message.value is None:  # a tombstone: an erased user (streams.update)
+            if value is None:  # a tombstone: an erased user (streams.update)
                 batches[partition].delete(key)
                 added[partition] -= known
                 fresh[partition].discard(key)
             else:
-                batches[partition].put(key, message.value)
+                batches[partition].put(key, value)
                 if not known:
                     added[partition] += 1
                     fresh[partition].add(key)

@@ -13,7 +13,6 @@ from services.shared.kafka import ensure_topics
 from services.shared.logs import log_config
 from services.shared.settings import Settings
 from streams.app import create_app
-from streams.recovery import recover_when_told
 from streams.store import Slot
 
 log = logging.getLogger(__name__)
@@ -26,9 +25,7 @@ def run_worker(settings: Settings, loglevel: str = "warn", told: TextIO | None =
     # this worker's own store directory, held until the process exits: two workers on one
     # data dir each get theirs, and a restarted one finds its store again
     slot = Slot.claim(settings) if settings.agents_store == "rocksdb" else None
-    app = create_app(settings, slot.path if slot else None, held=told is not None)
-    if told:
-        recover_when_told(app, told, web=settings.agents_web_port != 0)
+    app = create_app(settings, slot.path if slot else None, told)
     tune_gc(settings.gc_young_threshold)  # user records churn per batch, as requests do
     level = logging.getLevelName(level_number(loglevel))
     # Faust would install its own (coloured) handler: it gets Sluice's config instead, and
@@ -36,6 +33,10 @@ def run_worker(settings: Settings, loglevel: str = "warn", told: TextIO | None =
     worker = faust.Worker(app, loglevel=loglevel,
                           logging_config=log_config(settings.log_format, level),
                           quiet=settings.log_format == "json")
+    # Faust's start-up spinner sets the root logger to DEBUG (its handler counts every
+    # record) and leaves it so: every debug call of Faust, aiokafka and mode then built a
+    # record, 16% of a worker's time recovering a changelog (py-spy)
+    worker.spinner = None
     if slot:
         log.info("agents: user state in %s", slot.path)
     worker.execute_from_commandline()

@@ -276,7 +276,7 @@ class Settings(BaseSettings):
         "(0: it stops at once). Below Kubernetes' terminationGracePeriodSeconds (30)."
     )
     agents_commit_interval_s: float = Field(
-        0.5, gt=0, description="How often a worker commits the source offsets it applied "
+        1.0, gt=0, description="How often a worker commits the source offsets it applied "
         "(Faust's broker_commit_interval, 2.8 s by default there). A roll of the embedded "
         "broker waits for the old agents' commits to reach the end; a restarted worker reads "
         "again what was applied since the last commit (counted once: each user's record "

@@ -40,10 +40,11 @@ def kafka_reason(exc: KafkaException) -> str:
 
 
 def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
-                batch: int = 1000, start: dict[int, int] | None = None) -> Iterator[Message]:
-    """Every record of ``topic`` up to each partition's end, each partition's in offset
-    order (partitions interleave), from ``start``'s offset where it names one; none if the
-    topic does not exist. :class:`TopicUnread` when the broker does not answer, or reading
+                batch: int = 1000, start: dict[int, int] | None = None,
+                partitions: set[int] | None = None) -> Iterator[Message]:
+    """Every record of ``topic`` (of ``partitions`` if given) up to each partition's end,
+    each partition's in offset order (partitions interleave), from ``start``'s offset where
+    it names one; none if the topic does not exist. :class:`TopicUnread` when the broker does not answer, or reading
     stalls ``timeout_s`` before the end."""
     consumer = Consumer(client_config(settings) | {
         "group.id": f"sluice-reader-{uuid.uuid4().hex}",
@@ -58,7 +59,9 @@ def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
                               f"{kafka_reason(exc)}") from None
         if meta is None or meta.error is not None:
             return
-        waiting = set(meta.partitions)
+        waiting = set(meta.partitions) if partitions is None else set(meta.partitions) & partitions
+        if not waiting:
+            return
         consumer.assign([TopicPartition(topic, p, (start or {}).get(p, OFFSET_BEGINNING))
                          for p in waiting])
         deadline = time.monotonic() + timeout_s

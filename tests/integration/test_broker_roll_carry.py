@@ -160,7 +160,7 @@ def worker_stats(settings: Settings) -> dict:
 def test_a_held_worker_joins_at_once_and_recovers_and_applies_only_once_told(
         settings: Settings, pipeline: TestClient, tmp_path: Path) -> None:
     """The next worker of a roll owns its partitions while the old agents still catch up,
-    but reads no user record and applies no event until told; then it recovers the records
+    but reads no user record and applies no event until told; then it loads the records
     carried meanwhile and applies the events that waited on top of them, each once."""
     ensure_topics(settings)
     log = tmp_path / "agents.log"
@@ -171,13 +171,17 @@ def test_a_held_worker_joins_at_once_and_recovers_and_applies_only_once_told(
         carried = {key: (partition, value) for key, partition, value
                    in (record(u, 3, settings) for u in users)}
         assert write_users(settings, carried).events == 3 * len(users)
+        erased_key, erased_partition, _ = record(users[0], 0, settings)  # erased since
+        producer = Producer(producer_config(settings))
+        producer.produce(settings.topic_user_state, None, erased_key, partition=erased_partition)
+        assert producer.flush(10) == 0
         response = pipeline.post("/events?queue_updates=true", headers={"program-id": "shop"},
                                  json={"events": [event(u, "a1") for u in users]})
         assert response.status_code == 200, response.text
         time.sleep(2)  # held: no web page yet (the old worker holds its port), nothing applied
         assert worker_stats(settings) == {}
         held = read_topic(settings.bootstrap, settings.topic_user_state, at_least=len(users))
-        assert len(held) == len(users)  # the carried records alone: the worker wrote none
+        assert len(held) == len(users) + 1  # the carried records alone: the worker wrote none
         assert worker.stdin is not None
         worker.stdin.write(b"go\n")
         worker.stdin.close()
@@ -185,10 +189,17 @@ def test_a_held_worker_joins_at_once_and_recovers_and_applies_only_once_told(
                  timeout_s=30)
         told = worker_stats(settings)
         assert told["serving"] == settings.events_partitions
-        assert told["changelog_recovered"] == len(users) and told["users_written"] == len(users)
+        # the carried records loaded in bulk, so Faust's own recovery found none left
+        assert f"loaded {len(users) + 1} changelog records" in log.read_text()
+        assert told["changelog_recovered"] == 0 and told["users_written"] == len(users)
+        metrics = httpx.get(f"http://127.0.0.1:{settings.agents_web_port}/metrics").text
+        held_users = [line for line in metrics.splitlines()
+                      if line.startswith("sluice_agents_state_users")]
+        assert held_users and float(held_users[0].split()[-1]) == len(users)  # erasure: not one
         for user in users:  # three carried events and the one applied after, each once
             got = pipeline.get(f"/users/{user}/label-weights", headers={"program-id": "shop"})
-            assert got.status_code == 200 and got.json()["events"] == 4, (user, got.text)
+            expected = 1 if user == users[0] else 4  # the erased one: what came after only
+            assert got.status_code == 200 and got.json()["events"] == expected, (user, got.text)
     finally:
         worker.terminate()
         worker.wait(30)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.broker_roll import roll_at
+from services.broker_roll import carried_users, roll_at
+from services.shared.broker import free_port
 from services.shared.settings import Settings
 
 MIB = 2**20
@@ -23,3 +24,10 @@ def test_a_carried_state_near_the_share_does_not_roll_again_at_once() -> None:
 def test_never_without_a_share_or_a_bound() -> None:
     assert roll_at(Settings(embedded_broker_max_mb=1000, embedded_broker_roll_share=0)) is None
     assert roll_at(Settings(embedded_broker_max_mb=0, embedded_broker_roll_share=0.6)) is None
+
+
+def test_an_old_changelog_that_cannot_be_read_makes_the_roll_rebuild_not_fail() -> None:
+    """A broker that stops answering mid-read (seen with a million users under overload:
+    `sluice up` died of it) gives no carried users: the roll rebuilds from ClickHouse."""
+    gone = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
+    assert carried_users(gone) is None

@@ -35,7 +35,7 @@ from bench.procs import peak_rss_mib
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.kafka import ensure_topics, produce_waiting, producer_config
 from services.shared.settings import Settings
-from streams.store import store_bytes
+from streams.slots import store_bytes
 
 
 def rss_mib(pid: int) -> float:

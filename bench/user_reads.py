@@ -42,7 +42,7 @@ from bench.state_store import prefill, rss_mib, wait_stats
 from services.embedded_processes import EMBEDDED_SESSION_TIMEOUT_S
 from services.shared.broker import EmbeddedBroker, free_port
 from services.shared.kafka import ensure_topics
-from streams.store import store_bytes
+from streams.slots import store_bytes
 
 READERS = 50
 CATALOG = 5_000  # assets sku-0.. (the pre-filled events name sku-0..49999: some are known)

@@ -20,17 +20,19 @@ counts.
 3. The next sink starts at once, and so does the next agents worker, held: it joins its
    group and gets its partitions, but recovers nothing and applies nothing until told
    (streams.recovery.recover_when_told), on a fresh local store.
-4. On the old broker, which nobody writes to any more, the agents apply what is left (the
-   roll reads most of the changelog meanwhile): it waits until their group's committed
-   offsets (SLUICE_AGENTS_COMMIT_INTERVAL_S apart) reach every events partition's end
-   (read with a Fetch: Tansu's ListOffsets trails its last batch, streams.recovery). The
-   agents commit an offset only once its events' state is in the changelog.
-5. Each user's newest record is read from the old changelog, the old agents stop, and the
+4. On the old broker, which nobody writes to any more, the agents apply what is left: the
+   roll waits until their group's committed offsets (SLUICE_AGENTS_COMMIT_INTERVAL_S
+   apart) reach every events partition's end (read with a Fetch: Tansu's ListOffsets
+   trails its last batch, streams.recovery). The agents commit an offset only once its
+   events' state is in the changelog and their store.
+5. The old agents stop and each user's newest record is read from their store (1M users:
+   ~1 s; from the old changelog with the memory store: its whole history), and the
    records go into the next changelog with their source position reset to "nothing applied
    yet" (everything of the old events topic is in them, and the next one holds only later
    events). Reads are answered from those records until the next agents own every
-   partition. The next worker is told: it recovers the carried records and applies the
-   events taken since step 2 from offset 0. Its start, Faust's nap and Tansu's hold of a
+   partition. The next worker is told: it loads the carried records in bulk
+   (streams.recovery.load_changelog) and applies the events taken since step 2 from
+   offset 0. Its start, Faust's nap and Tansu's hold of a
    first JoinGroup (half the session timeout) passed meanwhile.
 6. Once it serves every partition, waits for user state go on (nothing after this step
    touches user state). The old sink drains into ClickHouse and stops; the dead letters it
@@ -58,7 +60,7 @@ from faust.types import TP
 
 from services.embedded_processes import JOIN_WAIT_S, start_agents, wait_for_agents
 from services.roll_copies import (
-    CarriedUsers,
+    Records,
     copy_assets,
     copy_letters,
     read_users,
@@ -71,7 +73,7 @@ from services.shared.settings import Settings
 from services.shared.topic_read import TopicUnread
 from streams.rebuild import rebuild_state
 from streams.recovery import fetched_ends
-from streams.store import reset_local_state
+from streams.slots import reset_local_state, stored_users
 
 if TYPE_CHECKING:
     from services.embedded import Supervisor
@@ -147,11 +149,21 @@ def sink_caught_up(settings: Settings, timeout_s: float) -> bool:
         reader.close()
 
 
-def carried_users(settings: Settings, so_far: CarriedUsers | None = None) -> CarriedUsers | None:
-    """:func:`read_users`, or None where the old broker did not give its changelog (the roll
-    then rebuilds user state from ClickHouse instead of failing `sluice up`)."""
+def carried_users(settings: Settings) -> Records | None:
+    """Each user's newest record: from the stopped old worker's store where there is one
+    (streams.slots.stored_users), else from the old changelog (the memory store); None
+    where the old broker did not give it (the roll then rebuilds user state from ClickHouse
+    instead of failing `sluice up`)."""
+    began = time.monotonic()
     try:
-        return read_users(settings, so_far)
+        if (stored := stored_users(settings)) is not None:
+            log.info("roll: %d users read from the old worker's store in %.1f s", len(stored),
+                     time.monotonic() - began)
+            return stored
+    except Exception:  # any trouble with the files: the changelog has it all
+        log.exception("roll: the old worker's store was not read; reading the changelog")
+    try:
+        return read_users(settings)
     except TopicUnread as exc:
         log.warning("roll: the old changelog was not read (%s); user state is rebuilt from "
                     "ClickHouse instead", exc)
@@ -190,20 +202,18 @@ def roll(sup: Supervisor) -> None:
     sup.start_sink()  # the next broker's events reach ClickHouse as at any time
     copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
     old_agents = sup.agents
-    read_so_far = carried_users(old)  # most of the changelog, while the old agents catch up
     caught_up = agents_caught_up(
         old, DRAIN_WAIT_S,
         gone=lambda: old_agents is None or old_agents.poll() is not None)
     caught_up_at = time.monotonic()
-    # all the old agents' state is in the changelog: reads are answered from it while
-    # no worker can (or, with agents that did not catch up, wait for the next ones)
-    read = carried_users(old, read_so_far) if caught_up else None
-    users = read.records if read is not None else None
+    # reads wait (not fail) from the old agents' stop until the carried records answer them
+    sup.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
+    sup.stop_agents(kill=True)
+    # all the old agents' state is in their store and the changelog: reads are answered
+    # from it while no worker can (or, with agents that did not catch up, wait for the next)
+    users = carried_users(old) if caught_up else None
     if users is not None:
         sup.server.answer_user_states_from(users)
-    else:
-        sup.server.hold_user_states(JOIN_WAIT_S + 65, reads=True)
-    sup.stop_agents(kill=True)
 
     def serve_once_joined(agents: subprocess.Popen[bytes]) -> float:
         """When waits for user state were let go."""

@@ -73,7 +73,7 @@ from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 from services.sink.consume import Sink
 from streams.rebuild import rebuild_state
-from streams.store import reset_local_state
+from streams.slots import reset_local_state
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ raises).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
@@ -37,12 +36,11 @@ Records = dict[bytes, tuple[int, bytes]]  # key -> (partition, value)
 
 
 def newest_records(settings: Settings, topic: str, after: dict[int, int] | None = None,
-                   timeout_s: float = 60.0, into: Records | None = None,
-                   ) -> tuple[Records, dict[int, int]]:
+                   timeout_s: float = 60.0) -> tuple[Records, dict[int, int]]:
     """Each key's newest record in ``topic`` (a tombstone drops its key), from ``after``'s
-    positions on if given, added to ``into`` if given; and the position after the last
-    record read, per partition (``after``'s where none was)."""
-    newest: Records = {} if into is None else into
+    positions on if given; and the position after the last record read, per partition
+    (``after``'s where none was)."""
+    newest: Records = {}
     ends = dict(after or {})
     for message in read_to_end(settings, topic, timeout_s, batch=10_000, start=after):
         partition, offset, key = message.partition() or 0, message.offset() or 0, message.key()
@@ -56,23 +54,9 @@ def newest_records(settings: Settings, topic: str, after: dict[int, int] | None 
     return newest, ends
 
 
-@dataclass
-class CarriedUsers:
-    """Each user's newest changelog record, and where in the changelog the read got to."""
-
-    records: Records = field(default_factory=dict)
-    read_to: dict[int, int] = field(default_factory=dict)
-
-
-def read_users(settings: Settings, users: CarriedUsers | None = None,
-               timeout_s: float = 60.0) -> CarriedUsers:
-    """Each user's newest record in the changelog (an erased user's tombstone drops it),
-    read on from where ``users`` got to: a roll reads most of the changelog while the old
-    agents still catch up, and the rest once they did."""
-    users = users or CarriedUsers()
-    _, users.read_to = newest_records(settings, settings.topic_user_state, users.read_to,
-                                      timeout_s, into=users.records)
-    return users
+def read_users(settings: Settings, timeout_s: float = 60.0) -> Records:
+    """Each user's newest record in the changelog; an erased user's tombstone drops it."""
+    return newest_records(settings, settings.topic_user_state, timeout_s=timeout_s)[0]
 
 
 def write_users(settings: Settings, users: Records) -> Rebuilt:

@@ -51,8 +51,9 @@ from streams.reads import OwnedReads, owned_partitions
 from streams.reads import install as install_reads
 from streams.rebalance import SourceOrder, keep_source_offsets_contiguous, not_done
 from streams.recovery import HELD_S, check_highwaters, recover_when_told
+from streams.slots import app_dir
 from streams.stalls import Stalls
-from streams.store import LocalStates, app_dir
+from streams.store import LocalStates
 from streams.update import Dedup, apply_messages, chunks, erased, events_in, split_by_user
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _count_changelog_reads(app: faust.App, table: Any, stats: dict[str, int]) ->
 
 def create_app(settings: Settings, datadir: Path | None = None,
                told: TextIO | None = None) -> faust.App:
-    """``datadir``: this worker's own directory (a claimed streams.store.Slot); default
+    """``datadir``: this worker's own directory (a claimed streams.slots.Slot); default
     slot 0 of the app id's directory under the data dir. ``told``: held, with no table
     recovery and no web page, until a line on it (streams.recovery.recover_when_told)."""
     held = told is not None

@@ -1,98 +1,18 @@
-"""The agents' local store of the ``user-state`` table: where it lives, and how the agent
-reads and writes it without Faust's per-write changelog path.
-
-Layout: ``SLUICE_DATA_DIR/agents/<app id>/<slot>/`` is one worker's Faust data directory
-(Faust adds ``v1/tables/user-state-<partition>.db``, one RocksDB per changelog partition).
-A worker claims the first slot no live worker holds (an exclusive ``flock`` kept for its
-lifetime), so several workers can share one data directory and a restarted worker finds
-its own store again. The store is a cache of the changelog topic, which stays the source of
-truth: each partition's database keeps the offset of the last changelog record it holds,
-and Faust's recovery reads the changelog only from there (see :class:`LocalStates`).
+"""The agents' local store of the ``user-state`` table (one RocksDB per changelog
+partition, in a worker's slot: streams.slots): how the agent reads and writes it without
+Faust's per-write changelog path. The store is a cache of the changelog topic, which stays
+the source of truth: each partition's database keeps the offset of the last changelog
+record it holds, and Faust's recovery reads the changelog only from there (see
+:class:`LocalStates`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import logging
-import os
-import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from services.shared.settings import Settings
-
-log = logging.getLogger(__name__)
-
-LOCK_NAME = ".lock"
-
-
-def app_dir(settings: Settings) -> Path:
-    """Every slot of this app id (the changelog topic is named after it: another app id
-    is another table, whose offsets mean nothing here)."""
-    return settings.data_dir / "agents" / settings.agents_app_id
-
-
-class Slot:
-    """A worker's claim on one data directory under :func:`app_dir`; released when the
-    process exits (the kernel drops the lock, even on SIGKILL)."""
-
-    def __init__(self, path: Path, lock: BinaryIO) -> None:
-        self.path, self._lock = path, lock
-
-    @classmethod
-    def claim(cls, settings: Settings) -> Slot:
-        root = app_dir(settings)
-        root.mkdir(parents=True, exist_ok=True)
-        n = 0
-        while True:
-            path = root / str(n)
-            path.mkdir(exist_ok=True)
-            lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - held for the process' life
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                n += 1
-                continue
-            return cls(path, lock)
-
-    def release(self) -> None:
-        self._lock.close()
-
-
-def reset_local_state(settings: Settings) -> int:
-    """Delete the local stores of this app id that no live worker holds; returns how many.
-    For a changelog that started over (the embedded broker keeps nothing across restarts):
-    a store's offsets would point into a log that no longer exists."""
-    root = app_dir(settings)
-    if not root.is_dir():
-        return 0
-    removed = 0
-    for path in sorted(p for p in root.iterdir() if p.is_dir()):
-        with open(path / LOCK_NAME, "ab") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("agents store %s is in use by a running worker: kept", path)
-                continue
-            shutil.rmtree(path)
-            removed += 1
-    return removed
-
-
-def store_bytes(settings: Settings) -> int:
-    """Bytes on disk under :func:`app_dir` (every slot)."""
-    total = 0
-    for dirpath, _, files in os.walk(app_dir(settings)):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass  # RocksDB removed it meanwhile (compaction)
-    return total
-
 
 MIB = 1024 * 1024
 

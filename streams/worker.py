@@ -13,7 +13,7 @@ from services.shared.kafka import ensure_topics
 from services.shared.logs import log_config
 from services.shared.settings import Settings
 from streams.app import create_app
-from streams.store import Slot
+from streams.slots import Slot
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from services.shared.events import message_key, partition_for
 from services.shared.kafka import ensure_topics
 from services.shared.settings import Settings
 from streams.rebuild import rebuild_state
-from streams.store import reset_local_state
+from streams.slots import reset_local_state
 from tests.integration.conftest import (
     Agents,
     create_keys,

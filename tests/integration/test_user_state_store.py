@@ -8,11 +8,11 @@ import pytest
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
-from services.shared.events import message_key
+from services.shared.events import message_key, partition_for
 from services.shared.kafka import producer_config
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
-from streams.store import app_dir
+from streams.slots import app_dir, stored_users
 from tests.integration.conftest import Agents, event, read_topic, wait_for
 
 H = {"program-id": "shop"}
@@ -181,3 +181,23 @@ def test_with_a_standby_a_takeover_reads_only_the_tail(
         assert weights == {"r1": pytest.approx(2.0), "r0": pytest.approx(1.0)}
     taken_over = agents.stats(first)["changelog_recovered"] - before
     assert taken_over < len(users) // 4, taken_over  # the other's ~500 users: not re-read
+
+
+def test_a_stopped_workers_store_gives_each_users_newest_record(
+    settings: Settings, pipeline: TestClient, agents: Agents
+) -> None:
+    """What a roll of the embedded broker carries over (streams.slots.stored_users): the
+    SIGKILLed worker's store, read directly, holds each user's newest record in its
+    partition; a live worker's store is never read."""
+    users = [f"user{i}" for i in range(300)]
+    first = agents.start()
+    post(pipeline, users, "r0", T0, "false")
+    post(pipeline, users, "r1", T1, "false")
+    assert stored_users(settings) is None  # the only store is a live worker's
+    agents.kill(first)
+    got = stored_users(settings)
+    assert got is not None
+    assert set(got) == {message_key("shop", user) for user in users}
+    assert all(UserRecord.decode(value).events == 2 for _, value in got.values())
+    assert all(partition == partition_for(key, settings.events_partitions)
+               for key, (partition, _) in got.items())

@@ -8,7 +8,8 @@ from faust.types import TP
 
 from services.shared.settings import Settings
 from streams.app import create_app
-from streams.store import LocalStates, Slot, app_dir, reset_local_state, store_bytes
+from streams.slots import Slot, app_dir, reset_local_state, store_bytes
+from streams.store import LocalStates
 
 
 @pytest.fixture

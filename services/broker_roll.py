@@ -250,6 +250,6 @@ def roll(sup: Supervisor) -> None:
                 "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "
                 "next roll at %.0f MiB", done - began, switched - began,
                 served - switched, caught_up_at - switched,
-                served - caught_up_at, "throughout (from the changelog's records meanwhile)"
+                served - caught_up_at, "throughout (from the carried records meanwhile)"
                 if users is not None else f"after {served - caught_up_at:.1f} s held (user "
                 "state rebuilt from ClickHouse)", (sup.roll_at or 0) / 2**20)

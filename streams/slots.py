@@ -39,19 +39,28 @@ class Slot:
         self.path, self._lock = path, lock
 
     @classmethod
-    def claim(cls, settings: Settings) -> Slot:
+    def claim(cls, settings: Settings, fresh: bool = False) -> Slot:
+        """The first slot no live worker holds; ``fresh``: the first that does not exist
+        yet (a roll's next worker: the slot its predecessor left, which the roll reads,
+        holds the previous broker's offsets)."""
         root = app_dir(settings)
         root.mkdir(parents=True, exist_ok=True)
         n = 0
         while True:
             path = root / str(n)
-            path.mkdir(exist_ok=True)
+            n += 1
+            try:
+                path.mkdir(exist_ok=not fresh)
+            except FileExistsError:
+                continue
             lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - held for the process' life
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.close()
-                n += 1
+                continue
+            if not path.is_dir():  # a reset removed it between the mkdir and the lock
+                lock.close()
                 continue
             return cls(path, lock)
 
@@ -106,27 +115,34 @@ def stored_users(settings: Settings) -> dict[bytes, tuple[int, bytes]] | None:
     from streams.store import COUNT_KEY
 
     root = app_dir(settings)
+    locks: list[BinaryIO] = []  # held while the files are read: no worker claims them
     left = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        with open(path / LOCK_NAME, "ab") as lock:
+    try:
+        for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - closed below
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                lock.close()
                 continue  # a live worker's (the next one's)
-        if tables := sorted((path / "v1" / "tables").glob(f"{TABLE}-*.db")):
-            left.append(tables)
-    if len(left) != 1:
-        return None
-    skip = {Store.offset_key, COUNT_KEY}
-    users: dict[bytes, tuple[int, bytes]] = {}
-    for table in left[0]:
-        partition = int(table.name.removeprefix(f"{TABLE}-").removesuffix(".db"))
-        db = rocksdict.Rdict(str(table), rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
-        try:
-            for key, value in db.items():
-                if isinstance(key, bytes) and key not in skip:  # raw mode: bytes
-                    users[key] = (partition, value)
-        finally:
-            db.close()
-    return users
+            locks.append(lock)
+            if tables := sorted((path / "v1" / "tables").glob(f"{TABLE}-*.db")):
+                left.append(tables)
+        if len(left) != 1:
+            return None
+        skip = {Store.offset_key, COUNT_KEY}
+        users: dict[bytes, tuple[int, bytes]] = {}
+        for table in left[0]:
+            partition = int(table.name.removeprefix(f"{TABLE}-").removesuffix(".db"))
+            db = rocksdict.Rdict(str(table), rocksdict.Options(raw_mode=True),
+                                 access_type=rocksdict.AccessType.read_only())
+            try:
+                for key, value in db.items():
+                    if isinstance(key, bytes) and key not in skip:  # raw mode: bytes
+                        users[key] = (partition, value)
+            finally:
+                db.close()
+        return users
+    finally:
+        for held in locks:
+            held.close()

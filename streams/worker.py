@@ -24,7 +24,7 @@ def run_worker(settings: Settings, loglevel: str = "warn", told: TextIO | None =
     ensure_topics(settings)
     # this worker's own store directory, held until the process exits: two workers on one
     # data dir each get theirs, and a restarted one finds its store again
-    slot = Slot.claim(settings) if settings.agents_store == "rocksdb" else None
+    slot = Slot.claim(settings, fresh=told is not None) if settings.agents_store == "rocksdb" else None
     app = create_app(settings, slot.path if slot else None, told)
     tune_gc(settings.gc_young_threshold)  # user records churn per batch, as requests do
     level = logging.getLevelName(level_number(loglevel))

@@ -30,6 +30,19 @@ def test_each_worker_claims_its_own_slot_and_a_released_one_is_claimed_again(
     second.release()
 
 
+def test_a_rolls_next_worker_never_takes_the_store_its_predecessor_left(
+    settings: Settings,
+) -> None:
+    """The roll reads the old worker's store once it stopped (streams.slots.stored_users);
+    the next worker, started meanwhile, must neither take it nor its offsets."""
+    old = Slot.claim(settings)
+    (old.path / "x").write_bytes(b"old")
+    old.release()  # the old worker is killed before the next one claims a slot
+    fresh = Slot.claim(settings, fresh=True)
+    assert fresh.path != old.path and list(fresh.path.iterdir()) == [fresh.path / ".lock"]
+    fresh.release()
+
+
 def test_reset_removes_only_the_stores_no_live_worker_holds(settings: Settings) -> None:
     held, free = Slot.claim(settings), Slot.claim(settings)
     (free.path / "x").write_bytes(b"1" * 100)

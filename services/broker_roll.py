@@ -32,8 +32,8 @@ counts.
    events). Reads are answered from those records until the next agents own every
    partition. The next worker is told: it loads the carried records in bulk
    (streams.recovery.load_changelog) and applies the events taken since step 2 from
-   offset 0. Its start, Faust's nap and Tansu's hold of a
-   first JoinGroup (half the session timeout) passed meanwhile.
+   offset 0. Its start, Faust's nap and Tansu's hold of a first JoinGroup (half the
+   session timeout) passed meanwhile.
 6. Once it serves every partition, waits for user state go on (nothing after this step
    touches user state). The old sink drains into ClickHouse and stops; the dead letters it
    wrote meanwhile follow the first copy (every record of the dead-letter topic and its two

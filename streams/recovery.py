@@ -31,7 +31,7 @@ from faust.types import TP
 
 from services.shared.kafka import client_config
 from services.shared.settings import Settings
-from services.shared.topic_read import read_to_end
+from services.shared.topic_read import TopicUnread, read_to_end
 from streams.store import LocalStates
 
 log = logging.getLogger(__name__)
@@ -147,25 +147,31 @@ def recover_when_told(app: faust.App, told: TextIO, settings: Settings,
 
     async def opened() -> None:
         told_at.append(time.monotonic())
-        if settings.agents_web_port:
-            try:
+        try:
+            if settings.agents_web_port:
                 await app.add_runtime_dependency(app.web)
-            except OSError as exc:  # its port still held: a worker that cannot answer
-                await app.crash(exc)
-                return
-        recovery: Recovery = app.tables.recovery  # type: ignore[attr-defined]
-        if states.on_disk and (partitions := {tp.partition for tp in recovery.active_tps}):
-            began = time.monotonic()
+            recovery: Recovery = app.tables.recovery  # type: ignore[attr-defined]
+            if states.on_disk and (partitions := {tp.partition for tp in recovery.active_tps}):
+                await load(recovery, partitions)
+            recovery.recovery_delay = 0.0
+            if recovery.active_tps or recovery.standby_tps:  # assigned: a round sleeps
+                recovery.signal_recovery_start.set()
+            log.info("agents: told to recover")
+        except Exception as exc:  # e.g. its port still held: `sluice up` starts a new worker
+            log.exception("agents: a held worker could not begin")
+            await app.crash(exc)
+
+    async def load(recovery: Recovery, partitions: set[int]) -> None:
+        began = time.monotonic()
+        try:
             loaded = await asyncio.to_thread(load_changelog, settings, states, partitions)
             log.info("agents: loaded %d changelog records in %.1f s", loaded,
                      time.monotonic() - began)
-            for tp in recovery.active_tps:  # Faust took them at the assignment, before
-                if (offset := states.copy_offset(tp.partition)) is not None and offset >= 0:
-                    recovery.active_offsets[tp] = offset
-        recovery.recovery_delay = 0.0
-        if recovery.active_tps or recovery.standby_tps:  # assigned: a round sleeps
-            recovery.signal_recovery_start.set()
-        log.info("agents: told to recover")
+        except TopicUnread as exc:  # what it wrote stands: Faust's recovery reads the rest
+            log.warning("agents: the changelog's bulk load stopped (%s)", exc)
+        for tp in recovery.active_tps:  # Faust took them at the assignment, before
+            if (offset := states.copy_offset(tp.partition)) is not None and offset >= 0:
+                recovery.active_offsets[tp] = offset
 
     def wait() -> None:
         if told.readline():

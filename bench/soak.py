@@ -218,6 +218,7 @@ def run(workdir: Path, minutes: float, share: float) -> dict[str, Any]:
         in_state = stack.state_events(users) - applied_before
     finally:
         stack.stop()
+    waits = roll_waits(stack.log.read_text(errors="replace"))
     rows = per_minute(samples)
     return {"minutes": minutes, "share": share, "capacity_events_per_s": cap,
             "drain_after_capacity_s": round(drain_s, 1), "target_events_per_s": round(rate),
@@ -225,7 +226,17 @@ def run(workdir: Path, minutes: float, share: float) -> dict[str, Any]:
                                                            / max(load.seconds, 1e-9)),
                                      "slowest_s": slowest_s(load.raw)},
             "minutes_table": rows, "verdict": verdict(samples),
-            "totals": totals(samples) | {"in_state": in_state}}
+            "totals": totals(samples) | {"in_state": in_state, "roll_waits_s": waits}}
+
+
+ROLLED = re.compile(r"rolled the embedded broker in [\d.]+ s.*?waits for user state held "
+                    r"([\d.]+) s")
+
+
+def roll_waits(log_text: str) -> list[float]:
+    """Per roll, how long ``queue_updates=false`` / ``wait=user`` requests were held (from
+    sluice up's log: services.broker_roll's line)."""
+    return [float(m.group(1)) for m in ROLLED.finditer(log_text)]
 
 
 def totals(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -348,8 +359,10 @@ def soak_table(r: dict[str, Any]) -> Table:
     verdicts = "; ".join(f"{name} {v['mib']} MiB, {v['mib_per_hour']:+} MiB/h "
                          f"({'flat' if v['flat'] else 'GROWS'})" for name, v in r["verdict"].items())
     total = r["totals"]
+    waits = total.get("roll_waits_s") or [0.0]
     rolls = (f"{total['rolls']} rolls, {total['roll_mean_s']} s each on average, the two "
-             "brokers' RSS summed meanwhile" if total["rolls"] else "no roll")
+             "brokers' RSS summed meanwhile; waits for user state held "
+             f"{min(waits)}-{max(waits)} s a roll" if total["rolls"] else "no roll")
     t.caption = (f"After {WARMUP_MIN} min of warm-up: {verdicts}. Tansu at most "
                  f"{total['tansu_max_mib']:,.0f} MiB (bound {total['broker_max_mb']:,} MiB; "
                  f"{rolls}). Over the run: acked {total['acked']:,}, stored "

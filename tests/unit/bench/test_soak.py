@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.soak import per_minute, quantile, totals, verdict
+from bench.soak import per_minute, quantile, roll_waits, totals, verdict
 
 
 def test_quantile_is_the_upper_bound_of_the_bucket_between_two_scrapes() -> None:
@@ -59,3 +59,14 @@ def test_a_roll_whose_gap_straddles_a_minute_counts_in_that_minute() -> None:
     assert [r["rolls"] for r in per_minute(rows)] == [0, 1]
     # the gap's events count in the minute that saw them answered, not lost
     assert [round(r["acked_per_s"], -2) for r in per_minute(rows)] == [1000, 1000]
+
+
+def test_each_rolls_wait_is_read_from_sluice_ups_log() -> None:
+    log = (
+        "2026-12-06 08:30:26,027 WARNING services.broker_roll rolled the embedded broker in "
+        "19.4 s: requests went to the next one 0.9 s in, waiting for none of it; waits for "
+        "user state held 17.2 s (the old agents caught up in 1.3 s, the next joined 15.9 s "
+        "after); reads answered throughout\nunrelated line, waits for user state held 9 s\n"
+        "... rolled the embedded broker in 3.3 s: requests went to the next one 0.7 s in, "
+        "waiting for none of it; waits for user state held 1.5 s (the old agents ...)\n")
+    assert roll_waits(log) == [17.2, 1.5]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import tempfile
 import threading
 import time
@@ -29,12 +28,10 @@ import httpx
 import orjson
 
 from bench.payload import PROGRAM
-from bench.soak import Stack, drained
+from bench.soak import ROLLED, Stack, drained
 
 BLOCK = 1000  # users per request, one event each
 CLIENTS = 3
-ROLLED = re.compile(r"rolled the embedded broker in ([\d.]+) s.*?waits for user state held "
-                    r"([\d.]+) s")
 
 
 def block_body(block: int) -> bytes:

@@ -229,14 +229,15 @@ def run(workdir: Path, minutes: float, share: float) -> dict[str, Any]:
             "totals": totals(samples) | {"in_state": in_state, "roll_waits_s": waits}}
 
 
-ROLLED = re.compile(r"rolled the embedded broker in [\d.]+ s.*?waits for user state held "
+# services.broker_roll's line per roll: its length, and how long waits for user state held
+ROLLED = re.compile(r"rolled the embedded broker in ([\d.]+) s.*?waits for user state held "
                     r"([\d.]+) s")
 
 
 def roll_waits(log_text: str) -> list[float]:
     """Per roll, how long ``queue_updates=false`` / ``wait=user`` requests were held (from
     sluice up's log: services.broker_roll's line)."""
-    return [float(m.group(1)) for m in ROLLED.finditer(log_text)]
+    return [float(m.group(2)) for m in ROLLED.finditer(log_text)]
 
 
 def totals(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -138,15 +138,15 @@ def recover_when_told(app: faust.App, told: TextIO, settings: Settings,
     sets it to nothing and, if a round already sleeps it, starts the round again (as a
     rebalance would)."""
 
-    told_at: list[float] = []
+    told_yet = threading.Event()
 
     def assigned(sender: Any, /, *args: Any, signal: Any, **__: Any) -> None:
-        if not told_at:  # args: the assigned partitions (sources, changelogs and Faust's)
+        if not told_yet.is_set():  # args: the assigned partitions (sources, changelogs and Faust's)
             log.info("agents: held with %d partitions assigned; recovering once told",
                      len(args[0]) if args else 0)
 
     async def opened() -> None:
-        told_at.append(time.monotonic())
+        told_yet.set()
         try:
             if settings.agents_web_port:
                 await app.add_runtime_dependency(app.web)

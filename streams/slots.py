@@ -15,6 +15,8 @@ import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,24 +70,38 @@ class Slot:
         self._lock.close()
 
 
+@contextmanager
+def unheld_slots(settings: Settings) -> Iterator[list[Path]]:
+    """The slots of this app id that no live worker holds, locked until the block ends (no
+    worker claims one meanwhile)."""
+    root = app_dir(settings)
+    locks: list[BinaryIO] = []
+    free: list[Path] = []
+    try:
+        for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - closed below
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                log.info("agents store %s is in use by a running worker", path)
+                continue
+            locks.append(lock)
+            free.append(path)
+        yield free
+    finally:
+        for held in locks:
+            held.close()
+
+
 def reset_local_state(settings: Settings) -> int:
     """Delete the local stores of this app id that no live worker holds; returns how many.
     For a changelog that started over (the embedded broker keeps nothing across restarts):
     a store's offsets would point into a log that no longer exists."""
-    root = app_dir(settings)
-    if not root.is_dir():
-        return 0
-    removed = 0
-    for path in sorted(p for p in root.iterdir() if p.is_dir()):
-        with open(path / LOCK_NAME, "ab") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("agents store %s is in use by a running worker: kept", path)
-                continue
+    with unheld_slots(settings) as free:
+        for path in free:
             shutil.rmtree(path)
-            removed += 1
-    return removed
+        return len(free)
 
 
 def store_bytes(settings: Settings) -> int:
@@ -114,20 +130,9 @@ def stored_users(settings: Settings) -> dict[bytes, tuple[int, bytes]] | None:
 
     from streams.store import COUNT_KEY
 
-    root = app_dir(settings)
-    locks: list[BinaryIO] = []  # held while the files are read: no worker claims them
-    left = []
-    try:
-        for path in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-            lock = open(path / LOCK_NAME, "ab")  # noqa: SIM115 - closed below
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue  # a live worker's (the next one's)
-            locks.append(lock)
-            if tables := sorted((path / "v1" / "tables").glob(f"{TABLE}-*.db")):
-                left.append(tables)
+    with unheld_slots(settings) as free:
+        left = [tables for path in free
+                if (tables := sorted((path / "v1" / "tables").glob(f"{TABLE}-*.db")))]
         if len(left) != 1:
             return None
         skip = {Store.offset_key, COUNT_KEY}
@@ -143,6 +148,3 @@ def stored_users(settings: Settings) -> dict[bytes, tuple[int, bytes]] | None:
             finally:
                 db.close()
         return users
-    finally:
-        for held in locks:
-            held.close()

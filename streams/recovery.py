@@ -138,9 +138,10 @@ def recover_when_told(app: faust.App, told: TextIO, settings: Settings,
     sets it to nothing and, if a round already sleeps it, starts the round again (as a
     rebalance would)."""
 
-    told_yet = threading.Event()
+    told_yet, assigned_yet = threading.Event(), threading.Event()
 
     def assigned(sender: Any, /, *args: Any, signal: Any, **__: Any) -> None:
+        assigned_yet.set()
         if not told_yet.is_set():  # args: the assigned partitions (sources, changelogs and Faust's)
             log.info("agents: held with %d partitions assigned; recovering once told",
                      len(args[0]) if args else 0)
@@ -175,6 +176,10 @@ def recover_when_told(app: faust.App, told: TextIO, settings: Settings,
 
     def wait() -> None:
         if told.readline():
+            # told before its first assignment (a roll's carry can be done before the worker
+            # has even started): begin once it has its partitions. Begun before the app ran,
+            # its start stalled (measured: held at creating Faust's assignor topic for good)
+            assigned_yet.wait()
             asyncio.run_coroutine_threadsafe(opened(), app.loop)
         else:  # the roll gave this worker up: a clean stop leaves the group at once
             log.info("agents: told nothing (end of input); stopping")

@@ -210,3 +210,34 @@ def test_a_held_worker_told_nothing_stops(settings: Settings, tmp_path: Path) ->
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_a_held_worker_told_before_it_started_begins_once_it_has_its_partitions(
+        settings: Settings, pipeline: TestClient, tmp_path: Path) -> None:
+    """A roll may carry user state before its next worker has even started (a prepared one
+    that died is replaced at the roll): the line is already waiting when the worker starts.
+    It begins once assigned, loads the carried records and applies events (it stalled in
+    its start before, at creating Faust's assignor topic, and never served)."""
+    ensure_topics(settings)
+    users = [f"early{i}" for i in range(20)]
+    carried = {key: (partition, value) for key, partition, value
+               in (record(u, 2, settings) for u in users)}
+    write_users(settings, carried)
+    log = tmp_path / "agents.log"
+    worker = held_worker(settings, log)
+    try:
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")  # at once: before its imports are done
+        worker.stdin.close()
+        response = pipeline.post("/events?queue_updates=true", headers={"program-id": "shop"},
+                                 json={"events": [event(u, "a1") for u in users]})
+        assert response.status_code == 200, response.text
+        wait_for(lambda: worker_stats(settings).get("users_written", 0) >= len(users),
+                 timeout_s=60)
+        assert worker_stats(settings)["serving"] == settings.events_partitions
+        for user in users:  # two carried events and the one applied after, each once
+            got = pipeline.get(f"/users/{user}/label-weights", headers={"program-id": "shop"})
+            assert got.status_code == 200 and got.json()["events"] == 3, (user, got.text)
+    finally:
+        worker.terminate()
+        worker.wait(30)

@@ -6,10 +6,17 @@ SLUICE_EMBEDDED_BROKER_ROLL_SHARE of SLUICE_EMBEDDED_BROKER_MAX_MB, the supervis
 (services.embedded) rolls it over: a planned generation that carries over only what still
 counts.
 
-1. The next broker starts beside the old one, on a port of its own (the configured port is a
-   front that forwards to the current one: services.shared.broker.BrokerFront), and gets
-   the asset catalog and the dead letters with their markers (:func:`copy_assets`,
-   :func:`copy_letters`), before anything else is written to it.
+0. Ahead of the roll, once the broker holds SLUICE_EMBEDDED_BROKER_PREPARE_SHARE of the roll
+   mark (0.9: at 60k events/s Tansu grows ~4 MB/s, 10% of 614 MiB is ~15 s), the next
+   generation is prepared (:class:`NextGeneration`): the next broker starts beside the old
+   one, on a port of its own (the configured port is a front that forwards to the current
+   one: services.shared.broker.BrokerFront), with its topics, a producer connected to it,
+   and the next agents worker, held: it joins its group and gets its partitions, but
+   recovers nothing and applies nothing until told (streams.recovery.recover_when_told),
+   on a fresh local store. Its start, Faust's nap and Tansu's hold of a first JoinGroup
+   (half the session timeout), ~4 s, are then behind it when the roll needs it.
+1. The next broker gets the asset catalog and the dead letters with their markers
+   (:func:`copy_assets`, :func:`copy_letters`), before anything else is written to it.
 2. The next generation's gateway app takes every new request from then on, publishing to
    the next broker; the old app answers what it took, then ends (services.embedded_gateway).
    Requests never wait for a roll. Waits for user state (``queue_updates=false``,
@@ -17,9 +24,7 @@ counts.
    the old agents meanwhile (services.gateway.user_states: held, not failed). The catalog
    records the old app wrote meanwhile follow (an asset's newest ``updated_at`` wins, in
    whatever order its records come).
-3. The next sink starts at once, and so does the next agents worker, held: it joins its
-   group and gets its partitions, but recovers nothing and applies nothing until told
-   (streams.recovery.recover_when_told), on a fresh local store.
+3. The next sink starts at once.
 4. On the old broker, which nobody writes to any more, the agents apply what is left: the
    roll waits until their group's committed offsets (SLUICE_AGENTS_COMMIT_INTERVAL_S
    apart) reach every events partition's end (read with a Fetch: Tansu's ListOffsets
@@ -32,8 +37,7 @@ counts.
    events). Reads are answered from those records until the next agents own every
    partition. The next worker is told: it loads the carried records in bulk
    (streams.recovery.load_changelog) and applies the events taken since step 2 from
-   offset 0. Its start, Faust's nap and Tansu's hold of a first JoinGroup (half the
-   session timeout) passed meanwhile.
+   offset 0.
 6. Once it serves every partition, waits for user state go on (nothing after this step
    touches user state). The old sink drains into ClickHouse and stops; the dead letters it
    wrote meanwhile follow the first copy (every record of the dead-letter topic and its two
@@ -53,9 +57,10 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust.types import TP
 
 from services.embedded_processes import JOIN_WAIT_S, start_agents, wait_for_agents
@@ -66,9 +71,10 @@ from services.roll_copies import (
     read_users,
     write_users,
 )
-from services.shared.kafka import client_config, ensure_topics
+from services.shared.broker import EmbeddedBroker
+from services.shared.kafka import client_config, ensure_topics, producer_config
 from services.shared.lag import group_lag, offsets_reader
-from services.shared.metrics import BROKER_ROLL_SECONDS, BROKER_ROLLS
+from services.shared.metrics import BROKER_ROLL_HELD_SECONDS, BROKER_ROLL_SECONDS, BROKER_ROLLS
 from services.shared.settings import Settings
 from services.shared.topic_read import TopicUnread
 from streams.rebuild import rebuild_state
@@ -149,6 +155,44 @@ def sink_caught_up(settings: Settings, timeout_s: float) -> bool:
         reader.close()
 
 
+@dataclass
+class NextGeneration:
+    """What a roll switches to, prepared ahead of it (step 0)."""
+
+    broker: EmbeddedBroker
+    settings: Settings
+    agents: subprocess.Popen[bytes]  # joined, held until told (services.embedded_processes)
+    producer: Producer  # for the copies: its producer id is already there
+
+    def usable(self) -> bool:
+        return self.broker.returncode is None and self.agents.poll() is None
+
+    def discard(self) -> None:
+        """Unused (sluice up stops, the old broker died, or a part of this did). Killed:
+        the held worker applied nothing, and with its broker gone it would not stop soon."""
+        self.agents.kill()
+        self.agents.wait()
+        self.broker.stop(kill=True)
+
+
+def prepare(sup: Supervisor) -> NextGeneration:
+    """Start the next generation's broker, topics, producer and held agents worker."""
+    broker = sup.next_broker().start()
+    try:
+        new = sup.settings_for(broker)
+        ensure_topics(new)
+        # the next worker's store must be fresh (the others not in use followed an older
+        # changelog)
+        reset_local_state(new)
+        agents = start_agents(new, gated=True)
+    except BaseException:
+        broker.stop(kill=True)
+        raise
+    log.info("prepared the next generation: a broker on port %d, agents worker pid %d held",
+             broker.port, agents.pid)
+    return NextGeneration(broker, new, agents, Producer(producer_config(new)))
+
+
 def carried_users(settings: Settings) -> Records | None:
     """Each user's newest record: from the stopped old worker's store where there is one
     (streams.slots.stored_users), else from the old changelog (the memory store); None
@@ -181,16 +225,18 @@ def roll(sup: Supervisor) -> None:
                 "%.0f MiB, SLUICE_EMBEDDED_BROKER_ROLL_SHARE); requests go to the next one "
                 "as soon as it runs", (old_broker.memory_bytes() or 0) / 2**20,
                 (sup.roll_at or 0) / 2**20)
-    broker = sup.next_broker().start()
-    new = sup.settings_for(broker)
-    ensure_topics(new)
-    # the next worker joins while the old generation drains: its start, Faust's nap and
-    # Tansu's hold of a first join take ~4 s. Its store must be fresh (the others not in use
-    # followed an older changelog)
-    reset_local_state(new)
-    next_agents = start_agents(new, gated=True)
-    assets_at = copy_assets(old, new)
-    letters_at = copy_letters(old, new)
+    prepared, sup.next_generation = sup.next_generation, None
+    if prepared is None or not prepared.usable():
+        if prepared is not None:
+            log.warning("roll: the prepared next generation did not last (broker exit %s, "
+                        "agents exit %s); starting another", prepared.broker.returncode,
+                        prepared.agents.poll())
+            prepared.discard()
+        prepared = prepare(sup)
+    broker, new, next_agents, producer = (
+        prepared.broker, prepared.settings, prepared.agents, prepared.producer)
+    assets_at = copy_assets(old, new, producer=producer)
+    letters_at = copy_letters(old, new, producer=producer)
     # requests go to the next broker from here on; waits for user state hold until its
     # agents join, reads go to the old agents meanwhile
     sup.broker, sup.settings = broker, new
@@ -200,7 +246,7 @@ def roll(sup: Supervisor) -> None:
     copied_bytes = broker.memory_bytes() or 0
     old_sink, old_sink_thread = sup.sink, sup.sink_thread
     sup.start_sink()  # the next broker's events reach ClickHouse as at any time
-    copy_assets(old, new, after=assets_at)  # what the old app wrote before it ended
+    copy_assets(old, new, after=assets_at, producer=producer)  # what the old app wrote
     old_agents = sup.agents
     caught_up = agents_caught_up(
         old, DRAIN_WAIT_S,
@@ -225,13 +271,13 @@ def roll(sup: Supervisor) -> None:
         return time.monotonic()
 
     if users is not None:  # the next agents begin at once: they need nothing more
-        rebuilt = write_users(new, users)
+        rebuilt = write_users(new, users, producer)
         log.info("roll: carried %d users (%d events)", rebuilt.users, rebuilt.events)
         reset_local_state(new)  # the old worker's: a restarted worker must not claim it
         served = serve_once_joined(sup.launch_agents(next_agents))  # before the old sink's drain
     if old_sink and old_sink_thread:
         sup.stop_sink(old_sink, old_sink_thread, old, drain=True)
-    copy_letters(old, new, after=letters_at)
+    copy_letters(old, new, after=letters_at, producer=producer)
     old_broker.stop(kill=True)  # what it held that counts is in ClickHouse and carried
     if users is None:  # from ClickHouse, with what both sinks stored (and committed)
         assert sup.store is not None and sup.sink is not None
@@ -245,6 +291,7 @@ def roll(sup: Supervisor) -> None:
     sup.roll_at = roll_at(new, copied_bytes)
     BROKER_ROLLS.labels("changelog" if users is not None else "rebuild").inc()
     BROKER_ROLL_SECONDS.observe(done - began)
+    BROKER_ROLL_HELD_SECONDS.observe(served - switched)
     log.warning("rolled the embedded broker in %.1f s: requests went to the next one %.1f s "
                 "in, waiting for none of it; waits for user state held %.1f s (the old agents "
                 "caught up in %.1f s, the next joined %.1f s after); reads answered %s; the "

@@ -33,7 +33,8 @@ broker.
   their connections and the next gateway answers them. The ClickHouse store outlives
   generations.
 - **The embedded broker is rolled over** before its memory reaches the bound: the next
-  broker starts beside the old one, the next generation's gateway app takes every request
+  broker starts beside the old one (with the next agents worker joined and held, a little
+  before the roll: ``services.broker_roll.prepare``), the next generation's gateway app takes every request
   at once, and the old generation drains and hands over user state and dead letters
   (services.broker_roll). Each Tansu listens on a port of its own; the configured port is
   a front that forwards to the current one (services.shared.broker.BrokerFront), for the
@@ -55,7 +56,14 @@ from types import FrameType
 from rich.console import Console
 
 from services import verify_commands
-from services.broker_roll import DRAIN_WAIT_S, roll, roll_at, sink_caught_up
+from services.broker_roll import (
+    DRAIN_WAIT_S,
+    NextGeneration,
+    prepare,
+    roll,
+    roll_at,
+    sink_caught_up,
+)
 from services.embedded_gateway import GatewayServer
 from services.embedded_processes import (
     JOIN_WAIT_S,
@@ -142,6 +150,7 @@ class Supervisor:
         # between two, requests wait on their open connections (services.embedded_gateway)
         self.server = GatewayServer(settings, STOP_WAIT_S)
         self.roll_at = roll_at(settings) if self.broker else None
+        self.next_generation: NextGeneration | None = None  # a roll's, prepared ahead of it
         self.rows_written = 0
         self.stopping = threading.Event()
         self._unwind_on_signal = True  # while starting: a signal raises _Stop
@@ -177,6 +186,7 @@ class Supervisor:
                 if self.store:
                     self.store.close()
             finally:
+                self.discard_next_generation()
                 if self.broker:
                     self.broker.stop()
                 if self.front:
@@ -343,14 +353,18 @@ class Supervisor:
     # -- watching -----------------------------------------------------------------------
     def _supervise(self) -> None:
         while not self.stopping.wait(0.2):
+            held = (self.broker.memory_bytes() or 0) if self.broker else 0
             if self.broker and self.broker.returncode is not None:
                 self._restart_broker()
-            elif self.broker and self.roll_at and (self.broker.memory_bytes() or 0) >= self.roll_at:
+            elif self.roll_at and held >= self.roll_at:
                 roll(self)
                 # the old generation is garbage now, the carried records too (once the
                 # roll's frame is gone): collect it, freeze what lives, give pages back
                 tune_gc(self.settings.gc_young_threshold)
                 release_free_heap()
+            elif (self.roll_at and self.next_generation is None
+                  and held >= self.settings.embedded_broker_prepare_share * self.roll_at):
+                self.next_generation = prepare(self)
             elif self.agents is not None and self.agents.poll() is not None:
                 self._restart_agents()
             elif self.server.died():
@@ -359,6 +373,11 @@ class Supervisor:
                 return
         if self.sink_failed:
             self.exit_code = 1
+
+    def discard_next_generation(self) -> None:
+        if (prepared := self.next_generation) is not None:
+            self.next_generation = None
+            prepared.discard()
 
     def _restart_agents(self) -> None:
         assert self.agents is not None
@@ -381,6 +400,7 @@ class Supervisor:
                   "it; user state and the catalog are rebuilt from ClickHouse",
                   self.broker.returncode)
         began = time.monotonic()
+        self.discard_next_generation()  # prepared for a roll of the broker that died
         self._stop_generation(broker_died=True)
         self.broker.stop()
         stopped = time.monotonic()

@@ -5,7 +5,9 @@ what became of them, verbatim.
 
 Each copy reads a topic of the old broker to its end (services.shared.topic_read) and
 produces into the next broker, waiting for every delivery (one the next broker did not take
-raises).
+raises). A roll passes one producer made when the next broker started: a new idempotent
+producer waits ~0.5 s for its producer id before its first delivery (librdkafka, measured on
+Tansu), which a copy made while waits for user state are held would add to them.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ def read_users(settings: Settings, timeout_s: float = 60.0) -> Records:
     return newest_records(settings, settings.topic_user_state, timeout_s=timeout_s)[0]
 
 
-def write_users(settings: Settings, users: Records) -> Rebuilt:
+def write_users(settings: Settings, users: Records, producer: Producer | None = None,
+                ) -> Rebuilt:
     """Into the next broker's changelog, before its agents start: the users' records with
     nothing of its events topic applied yet."""
-    producer = Producer(producer_config(settings))
+    producer = Producer(producer_config(settings)) if producer is None else producer
     result = Rebuilt()
     for key, (partition, raw) in users.items():
         record = UserRecord.decode(raw)
@@ -77,7 +80,8 @@ def write_users(settings: Settings, users: Records) -> Rebuilt:
 
 
 def copy_letters(old: Settings, new: Settings, after: dict[str, dict[int, int]] | None = None,
-                 timeout_s: float = 30.0) -> dict[str, dict[int, int]]:
+                 timeout_s: float = 30.0, producer: Producer | None = None,
+                 ) -> dict[str, dict[int, int]]:
     """The dead letters and their markers, verbatim and in order, from the old broker to
     the next, or with ``after`` (what a first copy returned) those written since. Returns
     each topic's end per partition. The first copy comes before the next sink writes any
@@ -85,7 +89,7 @@ def copy_letters(old: Settings, new: Settings, after: dict[str, dict[int, int]] 
     one the old sink wrote while it drained can only follow the next sink's own, and a
     WARNING names it when its name changed."""
     ends: dict[str, dict[int, int]] = {}
-    producer = Producer(producer_config(new))
+    producer = Producer(producer_config(new)) if producer is None else producer
     for topic, to in zip(carried_topics(old).values(), carried_topics(new).values(), strict=True):
         since = (after or {}).get(topic, {})
         ends[topic] = dict(since)
@@ -118,12 +122,12 @@ def _name_moves(new: Settings, topic: str, copied: list[DeadLetter]) -> None:
 
 
 def copy_assets(old: Settings, new: Settings, after: dict[int, int] | None = None,
-                ) -> dict[int, int]:
+                producer: Producer | None = None) -> dict[int, int]:
     """The asset catalog from the old broker to the next: each asset's newest record, or
     with ``after`` (what a first copy returned) the records written since. Returns the
     position after the last record copied, per partition."""
     newest, ends = newest_records(old, old.topic_assets, after, timeout_s=30)
-    producer = Producer(producer_config(new))
+    producer = Producer(producer_config(new)) if producer is None else producer
     for key, (partition, value) in newest.items():
         produce_waiting(producer, new.topic_assets, value, key, partition=partition)
     if producer.flush(30) > 0:

@@ -76,9 +76,14 @@ BROKER_ROLLS = Counter(
     "(the newest record per user) or rebuild (from ClickHouse: the agents had not caught up).",
     ["carried"])
 BROKER_ROLL_SECONDS = Histogram(
-    "sluice_embedded_broker_roll_seconds", "Per roll of the embedded broker: from the old "
-    "gateway's stop to the new one's start, the time requests waited.",
+    "sluice_embedded_broker_roll_seconds", "Per roll of the embedded broker: from its start "
+    "to the old broker's stop (requests wait for none of it).",
     buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0))
+BROKER_ROLL_HELD_SECONDS = Histogram(
+    "sluice_embedded_broker_roll_held_seconds", "Per roll of the embedded broker: how long "
+    "waits for user state (queue_updates=false, wait=user) were held, from the switch to "
+    "the next broker until the next agents served every partition.",
+    buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0))
 PRODUCER_QUEUE = Gauge(
     "sluice_producer_queue_messages", "Messages waiting in the gateway producers' local "
     "queues for the broker (sampled every 50 ms; summed over workers).",

@@ -149,8 +149,15 @@ class Settings(BaseSettings):
         0.6, ge=0, lt=0.9, description="`sluice up` rolls the embedded broker (a new, empty "
         "Tansu; user state and dead letters carried over, everything acked already stored "
         "and applied) once it holds this share of SLUICE_EMBEDDED_BROKER_MAX_MB: Tansu frees "
-        "memory only with a deleted topic. Requests meanwhile wait a few seconds, none is "
-        "refused. 0: never (the gateway then refuses events at 90% until a restart)."
+        "memory only with a deleted topic. No request waits for a roll; waits for user "
+        "state (queue_updates=false, wait=user) are held while the next agents take over. "
+        "0: never (the gateway then refuses events at 90% until a restart)."
+    )
+    embedded_broker_prepare_share: float = Field(
+        0.9, ge=0, le=1, description="Of the roll mark (SLUICE_EMBEDDED_BROKER_ROLL_SHARE): "
+        "where `sluice up` starts the next broker and the next agents worker, joined and "
+        "held, so that a roll does not wait ~4 s for the worker's join; both are idle until "
+        "then (~20 MiB and ~100 MiB). 0: as soon as a generation starts."
     )
     backpressure_check_s: float = Field(
         1.0, gt=0, description="How often the gateway reads its consumers' lag and the "

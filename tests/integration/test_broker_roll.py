@@ -15,6 +15,7 @@ from typing import Self
 
 import httpx
 import psutil
+import pytest
 
 from services.shared.broker import free_port
 from tests.integration.conftest import event, wait_for
@@ -139,7 +140,12 @@ class Clients:
 
 ENV = {"SLUICE_EMBEDDED_BROKER_MAX_MB": str(BROKER_MB), "SLUICE_BACKPRESSURE_CHECK_S": "0.1",
        "SLUICE_EMBEDDED_BROKER_ROLL_SHARE": "0.3",
+       # the next generation as soon as one starts: rolls come every few seconds here, so
+       # at the default (0.9 of the mark) its worker would still be joining when needed
+       "SLUICE_EMBEDDED_BROKER_PREPARE_SHARE": "0",
        "SLUICE_KAFKA_COMPRESSION": "none", "SLUICE_QUEUE_UPDATES_DEFAULT": "true"}
+PREPARED = re.compile(r"prepared the next generation: a broker on port (\d+), agents worker "
+                      r"pid (\d+) held")
 
 
 def rolls(base: str) -> float:
@@ -204,9 +210,33 @@ def test_rolls_hold_the_broker_under_its_bound_and_keep_every_event_once(tmp_pat
               f"{clients.slowest_post_s:.1f} s, read {clients.slowest_read_s:.1f} s")
 
 
-def test_agents_killed_during_a_roll_make_it_rebuild_state_from_clickhouse(tmp_path: Path) -> None:
+@pytest.mark.parametrize("part", ["agents", "broker"])
+def test_a_prepared_generation_that_dies_before_its_roll_is_replaced(
+        tmp_path: Path, part: str) -> None:
+    """SIGKILL of the next generation's held worker, or of its broker, while it waits for
+    the roll: the roll starts another and carries user state as usual, every event once."""
     log = tmp_path / "up.log"
     with sluice_up(tmp_path / "data", log, env=ENV) as up:
+        wait_for(lambda: bool(PREPARED.search(log.read_text())), timeout_s=60, every_s=0.05)
+        port, pid = map(int, PREPARED.search(log.read_text()).groups())  # type: ignore[union-attr]
+        if part == "broker":
+            [pid] = [c.pid for c in psutil.Process(up.proc.pid).children()
+                     if "tansu" in c.name() and f":{port}" in " ".join(c.cmdline())]
+        psutil.Process(pid).kill()
+        with Clients(up.base) as clients:
+            wait_for(lambda: rolls(up.base) >= 1, timeout_s=120, every_s=0.2)
+        metrics = httpx.get(f"{up.base}/metrics", timeout=30).text
+        assert 'sluice_embedded_broker_rolls_total{carried="changelog"}' in metrics, up.tail()
+        all_once(up.base, clients.acked)
+        assert not clients.answers, clients.answers
+    assert "the prepared next generation did not last" in log.read_text()
+
+
+def test_agents_killed_during_a_roll_make_it_rebuild_state_from_clickhouse(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    # prepared at the default share: the roll may find its next worker still joining
+    env = {k: v for k, v in ENV.items() if k != "SLUICE_EMBEDDED_BROKER_PREPARE_SHARE"}
+    with sluice_up(tmp_path / "data", log, env=env) as up:
         agents = up.child("agents")
         agents.suspend()  # frozen: the roll waits for it to catch up, and it never does
         with Clients(up.base) as clients:

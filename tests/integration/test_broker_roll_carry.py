@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from services.broker_roll import agents_caught_up
 from services.roll_copies import copy_assets, copy_letters, read_users, write_users
 from services.shared.assets import asset_key, decode_asset, encode_asset, iso_utc
+from services.shared.broker import free_port
 from services.shared.events import message_key, partition_for
 from services.shared.kafka import client_config, ensure_topics, producer_config
 from services.shared.settings import Settings
 from services.shared.users import UserRecord
 from services.sink.letters import read_all
-from tests.integration.conftest import env_for, event, read_topic, wait_for
+from tests.integration.conftest import Agents, env_for, event, read_topic, wait_for
 
 
 def record(user: str, events: int, settings: Settings, offset: int = 41) -> tuple[bytes, int, bytes]:
@@ -241,3 +242,25 @@ def test_a_held_worker_told_before_it_started_begins_once_it_has_its_partitions(
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_asked_to_commit_a_worker_commits_what_it_applied_at_once(
+        settings: Settings, pipeline: TestClient, tmp_path: Path) -> None:
+    """A roll asks the old worker to commit what it applied (/internal/commit) rather than
+    wait for its next commit: with commits a minute apart, the roll sees it caught up."""
+    slow = settings.model_copy(update={"agents_commit_interval_s": 60.0})
+    ensure_topics(slow)
+    workers = Agents(slow, tmp_path)
+    try:
+        workers.start()
+        users = [f"c{i}" for i in range(20)]
+        response = pipeline.post("/events?queue_updates=true", headers={"program-id": "shop"},
+                                 json={"events": [event(u, "a1") for u in users]})
+        assert response.status_code == 200, response.text
+        wait_for(lambda: workers.stats(0)["users_written"] >= len(users), timeout_s=30)
+        # applied, not committed: a roll that could not ask would wait up to a minute
+        unasked = slow.model_copy(update={"agents_web_port": free_port()})
+        assert not agents_caught_up(unasked, timeout_s=1.0)
+        assert agents_caught_up(slow, timeout_s=10.0)
+    finally:
+        workers.stop_all()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import tempfile
 import threading
 import time
@@ -140,7 +141,18 @@ def run(workdir: Path, users: int, rate: float, bound_mb: int, rolls: int,
         "answers": dict(load.answers), "p99_s": round(seconds[int(0.99 * len(seconds))], 3),
         "slowest_s": round(seconds[-1], 3), "sampled_users": len(sample_users),
         "sampled_users_wrong": wrong, "peak_rss_mib": {k: round(v) for k, v in peak.items()},
+        "roll_log": roll_log(stack.log, workdir / "data" / "agents.log"),
     }
+
+
+STEP = re.compile(r"rolling the|prepared the next|roll: |rolled the|agents: loaded|told to recover")
+
+
+def roll_log(*logs: Path) -> list[str]:
+    """Each roll's steps, timed, from `sluice up`'s log and the agents' (where its 20 s go)."""
+    lines = [line for log in logs if log.exists()
+             for line in log.read_text(errors="replace").splitlines() if STEP.search(line)]
+    return sorted(line[:200] for line in lines)  # both logs open with the time
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

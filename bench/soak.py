@@ -57,7 +57,7 @@ FLAT_MIB_PER_HOUR = 20.0
 
 def scrape(url: str) -> dict[str, Any]:
     """name -> value summed over labels; histogram buckets as name -> {le: count}; lag as
-    sluice_consumer_lag:<group> -> messages."""
+    sluice_consumer_lag:<group> -> messages; chDB's memory as chdb:<what> -> bytes."""
     try:
         text = httpx.get(url, timeout=2).text
     except httpx.HTTPError:
@@ -71,6 +71,8 @@ def scrape(url: str) -> dict[str, Any]:
             elif s.name == "sluice_consumer_lag":
                 key = f"lag:{s.labels.get('group', '?')}"
                 out[key] = out.get(key, 0.0) + s.value
+            elif s.name == "sluice_clickhouse_memory_bytes":  # parts of one another: apart
+                out[f"chdb:{s.labels.get('what', '?')}"] = s.value
             elif s.name == "sluice_http_requests_total" and s.labels.get("status", "")[:1] != "2":
                 out["non_2xx"] = out.get("non_2xx", 0.0) + s.value
             else:
@@ -315,6 +317,8 @@ def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "lag_max": {k[4:]: int(max(s["m"].get(k, 0) for s in window))
                         for k in sorted(last) if k.startswith("lag:")},
             "rss_mib": {k: round(v, 1) for k, v in window[-1]["rss"].items()},
+            # what of `sluice up`'s RSS embedded ClickHouse's allocator holds
+            "chdb_tracked_mib": round(last.get("chdb:tracked", 0.0) / 2**20, 1),
             "backpressure": bool(max(s["m"].get("sluice_gateway_backpressure", 0)
                                      for s in window)),
         })
@@ -346,7 +350,8 @@ def soak_table(r: dict[str, Any]) -> Table:
         f"{cap['acked']:,.0f}, stored {cap['stored']:,.0f}, applied {cap['applied']:,.0f} "
         f"flat out), hey -c {CLIENTS}, {EVENTS_PER_REQUEST}-event requests"))
     for column in ("min", "acked/s", "stored/s", "applied/s", "non-2xx", "fresh p50/p99 s",
-                   "lag max (msgs)", "RSS up / agents / tansu MiB", "broker rolls", "refusing"):
+                   "lag max (msgs)", "RSS up / agents / tansu MiB", "chDB tracked MiB",
+                   "broker rolls", "refusing"):
         t.add_column(column, justify="right")
     for row in r["minutes_table"]:
         rss = row["rss_mib"]
@@ -355,7 +360,8 @@ def soak_table(r: dict[str, Any]) -> Table:
                   f"{row['freshness_p50_s']} / {row['freshness_p99_s']}",
                   " ".join(f"{k}:{v:,}" for k, v in row["lag_max"].items()),
                   f"{rss.get('up', 0):.0f} / {rss.get('agents', 0):.0f} / "
-                  f"{rss.get('tansu', 0):.0f}", str(row.get("rolls", 0) or ""),
+                  f"{rss.get('tansu', 0):.0f}", f"{row.get('chdb_tracked_mib', 0):.0f}",
+                  str(row.get("rolls", 0) or ""),
                   "yes" if row["backpressure"] else "")
     verdicts = "; ".join(f"{name} {v['mib']} MiB, {v['mib_per_hour']:+} MiB/h "
                          f"({'flat' if v['flat'] else 'GROWS'})" for name, v in r["verdict"].items())

@@ -73,7 +73,7 @@ from services.embedded_processes import (
     wait_for_agents,
 )
 from services.gateway.app import create_app
-from services.shared import kafka_security
+from services.shared import clickhouse_memory, kafka_security
 from services.shared.broker import BrokerFront, EmbeddedBroker, free_port
 from services.shared.clickhouse import Store
 from services.shared.gc_tuning import limit_malloc_arenas, release_free_heap, tune_gc
@@ -214,6 +214,8 @@ class Supervisor:
         ensure_topics(settings)
         if self.store is None:
             self.store = Store(settings)
+            if settings.clickhouse_is_embedded:  # its memory is this process': on /metrics
+                clickhouse_memory.register(self.store)
             # verify on its own store (chDB admits no other process): sluice_verify_* on
             # /metrics; through the broker's front, which follows the rolls
             verify_commands.Periodic(self.public, self.store).start()

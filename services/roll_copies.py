@@ -68,12 +68,10 @@ def write_users(settings: Settings, users: Records, producer: Producer | None = 
     producer = Producer(producer_config(settings)) if producer is None else producer
     result = Rebuilt()
     for key, (partition, raw) in users.items():
-        record = UserRecord.decode(raw)
-        record.partition, record.offset = partition, -1
-        produce_waiting(producer, settings.topic_user_state, record.encode(), key,
-                        partition=partition)
+        value, events = UserRecord.with_position(raw, partition, -1)
+        produce_waiting(producer, settings.topic_user_state, value, key, partition=partition)
         result.users += 1
-        result.events += record.events
+        result.events += events
     if producer.flush(60) > 0:
         raise RuntimeError("the next broker did not take the carried user state")
     return result

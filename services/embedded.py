@@ -34,11 +34,11 @@ broker.
   generations.
 - **The embedded broker is rolled over** before its memory reaches the bound: the next
   broker starts beside the old one (with the next agents worker joined and held, a little
-  before the roll: ``services.broker_roll.prepare``), the next generation's gateway app takes every request
-  at once, and the old generation drains and hands over user state and dead letters
-  (services.broker_roll). Each Tansu listens on a port of its own; the configured port is
-  a front that forwards to the current one (services.shared.broker.BrokerFront), for the
-  tools that connect from outside. ``sluice up``'s own roles always talk to their
+  before the roll: ``services.broker_roll.prepare``), the next generation's gateway app
+  takes every request at once, and the old generation drains and hands over user state
+  and dead letters (services.broker_roll). Each Tansu listens on a port of its own; the
+  configured port is a front that forwards to the current one
+  (services.shared.broker.BrokerFront), for the tools that connect from outside. ``sluice up``'s own roles always talk to their
   generation's broker directly.
 - **SIGTERM and SIGINT stop it with exit 0 in any phase**: while a generation starts they
   unwind it; while it serves they stop it in the order above.

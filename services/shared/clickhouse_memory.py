@@ -50,9 +50,13 @@ class ClickHouseMemory(Collector):
             log.debug("chDB memory not read: %s", exc)
             return
         for row in rows:
-            family.add_metric([METRICS[str(row["metric"])]], float(row["value"]))  # type: ignore[arg-type]
-        family.add_metric(["primary_keys"], float(keys[0]["b"] if keys else 0))  # type: ignore[arg-type]
+            family.add_metric([METRICS[str(row["metric"])]], _number(row["value"]))
+        family.add_metric(["primary_keys"], _number(keys[0]["b"]) if keys else 0.0)
         yield family
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def register(store: Queryable) -> None:
